@@ -1,0 +1,96 @@
+// CPU kernels of the training core, forward and backward side by side (one pair per op, as in
+// llm.c). Matrix products go to OpenBLAS sgemm; everything else is OpenMP over plain loops. The CUDA
+// backend implements the same signatures in core/kernels/cuda/.
+//
+// Conventions: row-major; N = B*T rows; shapes are given in the comment of each buffer. Backward
+// kernels ACCUMULATE (+=) into parameter gradients; for activation gradients each function says
+// whether it writes or accumulates.
+#ifndef MEMTRAIN_CORE_KERNELS_CPU_OPS_H_
+#define MEMTRAIN_CORE_KERNELS_CPU_OPS_H_
+
+#include <cstdint>
+
+namespace memtrain::core::cpu {
+
+// ---- matrix product (linear layer) ----------------------------------------------------------
+// out = residual + inp @ weight^T + bias.
+//   out (N, OC); residual (N, OC) or null; inp (N, C); weight (OC, C); bias (OC) or null.
+//   `out` may alias `residual`.
+void MatmulForward(float* out, const float* residual, const float* inp, const float* weight,
+                   const float* bias, int64_t N, int64_t C, int64_t OC);
+// dinp (N, C) = dout @ weight (written, or added when accumulate_dinp); dinp may be null.
+// dweight (OC, C) += dout^T @ inp;  dbias (OC) += column sums of dout (null: no bias).
+void MatmulBackward(float* dinp, float* dweight, float* dbias, const float* dout, const float* inp,
+                    const float* weight, int64_t N, int64_t C, int64_t OC,
+                    bool accumulate_dinp = false);
+
+// ---- LayerNorm (eps 1e-5) ---------------------------------------------------------------------
+// out (N, C); mean, rstd (N) saved for backward; inp (N, C); weight, bias (C).
+void LayerNormForward(float* out, float* mean, float* rstd, const float* inp, const float* weight,
+                      const float* bias, int64_t N, int64_t C);
+// dinp (N, C) +=; dweight, dbias (C) +=.
+void LayerNormBackward(float* dinp, float* dweight, float* dbias, const float* dout,
+                       const float* inp, const float* weight, const float* mean, const float* rstd,
+                       int64_t N, int64_t C);
+
+// ---- GELU, tanh approximation -------------------------------------------------------------------
+void GeluForward(float* out, const float* inp, int64_t n);
+// dinp = dout * gelu'(inp), written; dinp may alias dout.
+void GeluBackward(float* dinp, const float* inp, const float* dout, int64_t n);
+
+// ---- causal multi-head attention, tiled with an online softmax ---------------------------------
+// qkv (B, T, 3C): row t holds [q | k | v], head h at columns h*HS .. (h+1)*HS of each part.
+// out (B, T, C) in the same head layout; lse (B, NH, T) = log-sum-exp of each query's scaled
+// scores, saved for backward. Never materialises a T x T matrix: memory is O(T * HS) per head.
+void AttentionForward(float* out, float* lse, const float* qkv, int64_t B, int64_t T, int64_t C,
+                      int64_t NH);
+// dqkv (B, T, 3C) written. Recomputes the probabilities from qkv and lse.
+void AttentionBackward(float* dqkv, const float* dout, const float* qkv, const float* out,
+                       const float* lse, int64_t B, int64_t T, int64_t C, int64_t NH);
+
+// ---- fused softmax + cross-entropy ------------------------------------------------------------
+// logits (N, Vp) of which the first V columns are real (the rest is padding); targets (N), a
+// negative target marks a position without loss. losses (N) = -log softmax(logits)[target] (0 where
+// ignored); lse (N) saved for backward.
+void CrossEntropyForward(float* losses, float* lse, const float* logits, const int32_t* targets,
+                         int64_t N, int64_t V, int64_t Vp);
+// dlogits (N, Vp) = dloss * (softmax(logits) - onehot(target)), padding columns and ignored rows
+// zero. Written; dlogits may alias logits (saving a full (N, Vp) buffer).
+void CrossEntropyBackward(float* dlogits, const float* logits, const float* lse,
+                          const int32_t* targets, float dloss, int64_t N, int64_t V, int64_t Vp);
+
+// ---- token + position embedding ---------------------------------------------------------------
+// out (B, T, C) = wte[tokens[b, t]] + wpe[pos_offset + t]; tokens (B, T); wte (V, C); wpe (maxT, C).
+// pos_offset lets a sequence shard use its global positions.
+void EmbeddingForward(float* out, const int32_t* tokens, const float* wte, const float* wpe,
+                      int64_t B, int64_t T, int64_t C, int64_t pos_offset = 0);
+// dwte (V, C) +=, dwpe (maxT, C) += (dwpe may be null).
+void EmbeddingBackward(float* dwte, float* dwpe, const float* dout, const int32_t* tokens,
+                       int64_t B, int64_t T, int64_t C, int64_t pos_offset = 0);
+
+// ---- residual -------------------------------------------------------------------------------------
+// out = a + b (out may alias either). Its backward is an accumulation: AddInPlace(da, dout).
+void ResidualForward(float* out, const float* a, const float* b, int64_t n);
+void AddInPlace(float* y, const float* x, int64_t n);
+
+// ---- AdamW ------------------------------------------------------------------------------------------
+enum class AdamWVariant {
+  kPyTorch,  // theta *= 1 - lr*wd, then theta -= lr * m_hat / (sqrt(v_hat) + eps)
+  kLlmc,     // theta -= lr * (m_hat / (sqrt(v_hat) + eps) + wd * theta)
+};
+struct AdamWHyper {
+  float lr = 1e-3f;
+  float beta1 = 0.9f;
+  float beta2 = 0.999f;
+  float eps = 1e-8f;
+  float weight_decay = 0.0f;
+  int64_t step = 1;  // 1-based, for bias correction
+  AdamWVariant variant = AdamWVariant::kPyTorch;
+};
+// One fused pass: params, grads, m, v all (n).
+void AdamWUpdate(float* params, const float* grads, float* m, float* v, int64_t n,
+                 const AdamWHyper& h);
+
+}  // namespace memtrain::core::cpu
+
+#endif  // MEMTRAIN_CORE_KERNELS_CPU_OPS_H_
