@@ -52,6 +52,7 @@ void Run(const char* label, core::GPT2Config cfg, int B, int T, int steps, doubl
   core::ResetPeakMemory(core::Device::Cpu());
   const int64_t base = core::GetMemoryStats(core::Device::Cpu()).current;
   auto model = core::GPT2::Create(cfg).value();
+  cfg = model->config();  // with the padded vocabulary filled in
   model->InitWeights(1);
   MT_CHECK_OK(model->Prepare(B, T));
   auto opt = optim::AdamW::Create(model.get(), {.weight_decay = 0.1f}).value();

@@ -8,6 +8,7 @@
 #include <string>
 #include <vector>
 
+#include "absl/strings/str_cat.h"
 #include "core/model/gpt2.h"
 
 namespace memtrain::core {
@@ -19,9 +20,9 @@ GPT2Config Tiny() {
 
 class RecordingHooks : public StageHooks {
  public:
-  void BeforeForward(int s, ParamBlock& b) override { log.push_back("F" + std::to_string(s)); }
+  void BeforeForward(int s, ParamBlock& b) override { log.push_back(absl::StrCat("F", s)); }
   void AfterBackward(int s, ParamBlock& b) override {
-    log.push_back("B" + std::to_string(s));
+    log.push_back(absl::StrCat("B", s));
     grad_norm_seen.push_back(b.grads().f32()[0]);
   }
   std::vector<std::string> log;

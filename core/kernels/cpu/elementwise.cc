@@ -2,6 +2,7 @@
 #include <algorithm>
 #include <cmath>
 
+#include "core/kernels/cpu/fast_math.h"
 #include "core/kernels/cpu/ops.h"
 
 namespace memtrain::core::cpu {
@@ -82,7 +83,7 @@ void GeluForward(float* out, const float* inp, int64_t n) {
   for (int64_t i = 0; i < n; ++i) {
     float x = inp[i];
     float u = kGeluScale * (x + 0.044715f * x * x * x);
-    out[i] = 0.5f * x * (1.0f + std::tanh(u));
+    out[i] = 0.5f * x * (1.0f + FastTanh(u));
   }
 }
 
@@ -91,7 +92,7 @@ void GeluBackward(float* dinp, const float* inp, const float* dout, int64_t n) {
   for (int64_t i = 0; i < n; ++i) {
     float x = inp[i];
     float u = kGeluScale * (x + 0.044715f * x * x * x);
-    float th = std::tanh(u);
+    float th = FastTanh(u);
     float sech2 = 1.0f - th * th;
     float grad = 0.5f * (1.0f + th) + 0.5f * x * sech2 * kGeluScale * (1.0f + 3.0f * 0.044715f * x * x);
     dinp[i] = grad * dout[i];

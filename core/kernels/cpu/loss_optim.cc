@@ -3,6 +3,7 @@
 #include <cmath>
 #include <limits>
 
+#include "core/kernels/cpu/fast_math.h"
 #include "core/kernels/cpu/ops.h"
 
 namespace memtrain::core::cpu {
@@ -16,7 +17,7 @@ void CrossEntropyForward(float* losses, float* lse, const float* logits, const i
     for (int64_t j = 0; j < V; ++j) mx = std::max(mx, x[j]);
     float sum = 0.0f;
 #pragma omp simd reduction(+ : sum)
-    for (int64_t j = 0; j < V; ++j) sum += std::exp(x[j] - mx);
+    for (int64_t j = 0; j < V; ++j) sum += FastExp(x[j] - mx);
     const float z = mx + std::log(sum);
     lse[n] = z;
     losses[n] = targets[n] < 0 ? 0.0f : z - x[targets[n]];
@@ -36,7 +37,7 @@ void CrossEntropyBackward(float* dlogits, const float* logits, const float* lse,
     }
     const float z = lse[n];
 #pragma omp simd
-    for (int64_t j = 0; j < V; ++j) d[j] = dloss * std::exp(x[j] - z);
+    for (int64_t j = 0; j < V; ++j) d[j] = dloss * FastExp(x[j] - z);
     d[t] -= dloss;
     for (int64_t j = V; j < Vp; ++j) d[j] = 0.0f;
   }
