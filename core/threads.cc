@@ -2,6 +2,7 @@
 
 #include <omp.h>
 #include <sched.h>
+#include <unistd.h>
 
 #include <cstdlib>
 
@@ -42,7 +43,11 @@ int LocalRanks() {
 int DefaultThreads() {
   int forced = EnvInt("MEMTRAIN_THREADS");
   if (forced > 0) return forced;
-  int n = AvailableCores() / LocalRanks();
+  const int cores = AvailableCores();
+  // A launcher that binds ranks has already given each its share of the cores.
+  const long online = sysconf(_SC_NPROCESSORS_ONLN);
+  if (online > 0 && cores < online) return cores;
+  const int n = cores / LocalRanks();
   return n > 0 ? n : 1;
 }
 

@@ -1,6 +1,7 @@
 // The one place that decides how many threads a rank computes with. OpenBLAS is the OpenMP build,
-// so our kernels and sgemm share one OpenMP pool; by default a rank takes cores / ranks-on-node
-// (read from the launcher's environment: OMPI_COMM_WORLD_LOCAL_SIZE and friends), at least 1.
+// so our kernels and sgemm share one OpenMP pool. By default a rank takes the cores of its
+// affinity mask when the launcher bound it to a subset, else cores / ranks-on-node (read from the
+// launcher's environment: OMPI_COMM_WORLD_LOCAL_SIZE and friends); at least 1.
 // MEMTRAIN_THREADS overrides it.
 //
 //   int n = core::InitThreads();      // once, at start-up
@@ -14,7 +15,7 @@ namespace memtrain::core {
 int AvailableCores();
 // Ranks of this job on this node, from the MPI launcher's environment (1 without one).
 int LocalRanks();
-// MEMTRAIN_THREADS if set, else AvailableCores() / LocalRanks(), at least 1.
+// MEMTRAIN_THREADS if set, else the policy above.
 int DefaultThreads();
 // Sets OpenMP (and so OpenBLAS) to `n` threads.
 void SetThreads(int n);

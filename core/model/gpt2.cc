@@ -245,7 +245,7 @@ void GPT2::BlockForward(int layer, const Batch& batch) {
                         p.param("ln1b").f32(), N, C);
   cpu::MatmulForward(a.qkv, nullptr, a.ln1, p.param("qkvw").f32(), p.param("qkvb").f32(), N, C,
                      3 * C);
-  cpu::AttentionForward(a.atty, a.att_lse, a.qkv, B_, T_, C, config_.n_head);
+  attention_->Forward(a.atty, a.att_lse, a.qkv, B_, T_, C, config_.n_head);
   cpu::MatmulForward(a.res2, inp, a.atty, p.param("attprojw").f32(), p.param("attprojb").f32(), N,
                      C, C);
   cpu::LayerNormForward(a.ln2, a.ln2_mean, a.ln2_rstd, a.res2, p.param("ln2w").f32(),
@@ -278,7 +278,8 @@ void GPT2::BlockBackward(int layer, const Batch& batch) {
   // Attention branch: res2 = inp + attproj(attention(qkv(ln1(inp)))); dres now holds d(res2).
   cpu::MatmulBackward(dbuf, p.grad("attprojw").f32(), p.grad("attprojb").f32(), dres, a.atty,
                       p.param("attprojw").f32(), N, C, C);
-  cpu::AttentionBackward(dqkv_.f32(), dbuf, a.qkv, a.atty, a.att_lse, B_, T_, C, config_.n_head);
+  attention_->Backward(dqkv_.f32(), dbuf, a.qkv, a.atty, a.att_lse, B_, T_, C,
+                       config_.n_head);
   cpu::MatmulBackward(dbuf, p.grad("qkvw").f32(), p.grad("qkvb").f32(), dqkv_.f32(), a.ln1,
                       p.param("qkvw").f32(), N, C, 3 * C);
   cpu::LayerNormBackward(dres, p.grad("ln1w").f32(), p.grad("ln1b").f32(), dbuf, inp,

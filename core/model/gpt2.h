@@ -16,6 +16,7 @@
 #include <vector>
 
 #include "absl/status/statusor.h"
+#include "core/attention.h"
 #include "core/engine.h"
 #include "core/param_block.h"
 
@@ -68,6 +69,9 @@ class GPT2 : public Model {
   // Bytes of activations and backward scratch allocated by Prepare.
   int64_t activation_bytes() const;
 
+  // The attention every block calls (not owned; null restores the built-in local one).
+  void set_attention(Attention* attention) { attention_ = attention ? attention : &local_attention_; }
+
   static constexpr int kEmbeddingStage = 0;
   int head_stage() const { return config_.n_layer + 1; }
 
@@ -100,6 +104,8 @@ class GPT2 : public Model {
 
   GPT2Config config_;
   Device device_;
+  LocalAttention local_attention_;
+  Attention* attention_ = &local_attention_;
   std::vector<ParamBlock> blocks_;
 
   int B_ = 0, T_ = 0;

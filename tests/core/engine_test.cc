@@ -98,6 +98,33 @@ TEST(EngineTest, BadBatchIsRejectedBeforeAnyStageRuns) {
   EXPECT_EQ(engine.Forward(wrong).status().code(), absl::StatusCode::kInvalidArgument);
 }
 
+// A wrapper in the place Ulysses takes: it sees every block's attention call, forward and back.
+class CountingAttention : public LocalAttention {
+ public:
+  void Forward(float* out, float* lse, const float* qkv, int64_t B, int64_t T, int64_t C,
+               int64_t NH) override {
+    ++forwards;
+    LocalAttention::Forward(out, lse, qkv, B, T, C, NH);
+  }
+  void Backward(float* dqkv, const float* dout, const float* qkv, const float* out,
+                const float* lse, int64_t B, int64_t T, int64_t C, int64_t NH) override {
+    ++backwards;
+    LocalAttention::Backward(dqkv, dout, qkv, out, lse, B, T, C, NH);
+  }
+  int forwards = 0, backwards = 0;
+};
+
+TEST(EngineTest, AttentionIsReachedThroughTheInterface) {
+  Fixture f = Make(2, 8);
+  CountingAttention counting;
+  f.model->set_attention(&counting);
+  Engine engine(f.model.get());
+  ASSERT_TRUE(engine.Forward(f.batch).ok());
+  engine.Backward(f.batch);
+  EXPECT_EQ(counting.forwards, 3);
+  EXPECT_EQ(counting.backwards, 3);
+}
+
 TEST(GPT2InitTest, DeterministicWithGPT2Scales) {
   GPT2Config c{.max_seq_len = 64, .vocab_size = 256, .n_layer = 8, .n_head = 4, .n_embd = 128};
   auto a = GPT2::Create(c).value(), b = GPT2::Create(c).value();

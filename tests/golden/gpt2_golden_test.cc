@@ -101,12 +101,18 @@ TEST_F(GPT2GoldenTest, LogitsLossAndEveryGradientMatch) {
   }
 }
 
-TEST_F(GPT2GoldenTest, TenAdamWStepsMatch) {
+class GPT2GoldenAdamWTest : public GPT2GoldenTest,
+                            public ::testing::WithParamInterface<core::cpu::AdamWVariant> {};
+
+// 10 steps on the same batch, as llm.c's test does; PyTorch's AdamW and llm.c's update.
+TEST_P(GPT2GoldenAdamWTest, TenStepsMatch) {
   core::Engine engine(model_.get());
   auto opt = optim::AdamW::Create(model_.get(), {.lr = 1e-3f, .beta1 = 0.9f, .beta2 = 0.999f,
-                                                 .eps = 1e-8f, .weight_decay = 0.1f});
+                                                 .eps = 1e-8f, .weight_decay = 0.1f,
+                                                 .variant = GetParam()});
   ASSERT_TRUE(opt.ok());
-  const std::vector<float>& want = golden_["adamw_losses"];
+  const std::vector<float>& want =
+      golden_[GetParam() == core::cpu::AdamWVariant::kLlmc ? "llmc_adamw_losses" : "adamw_losses"];
   ASSERT_EQ(want.size(), 10u);
   for (int step = 0; step < 10; ++step) {
     auto loss = engine.Forward(batch());
@@ -117,6 +123,10 @@ TEST_F(GPT2GoldenTest, TenAdamWStepsMatch) {
     opt->Step(1e-3f);
   }
 }
+
+INSTANTIATE_TEST_SUITE_P(Variants, GPT2GoldenAdamWTest,
+                         ::testing::Values(core::cpu::AdamWVariant::kPyTorch,
+                                           core::cpu::AdamWVariant::kLlmc));
 
 }  // namespace
 }  // namespace memtrain

@@ -5,7 +5,8 @@ Writes, for a tiny config (L=2, C=64, NH=4, V=256, maxT=32, B=2, T=16):
   data/gpt2_tiny.bin           llm.c checkpoint (version 3, fp32) with the initial weights
   data/gpt2_tiny_tokens.bin    llm.c token file with B*T+1 tokens
   data/gpt2_tiny_expected.bin  named tensors: logits (B,T,V), loss, the gradient of each of the 16
-                               llm.c tensors, and the losses of 10 AdamW steps on that batch.
+                               llm.c tensors, and the losses of 10 steps on that batch with
+                               PyTorch's AdamW and with llm.c's AdamW update.
 The model is written from the llm.c layout (linear weights (out, in), qkv rows [Q; K; V], tied LM
 head, tanh GELU, LayerNorm eps 1e-5), not from memtrain's code.
 
@@ -117,6 +118,28 @@ def main():
         losses.append(loss.item())
         opt.step()
     items.append(("adamw_losses", np.array(losses)))
+
+    # llm.c's own update (gpt2_update in train_gpt2.c), written out here: m, v with bias
+    # correction, theta -= lr * (m_hat / (sqrt(v_hat) + eps) + wd * theta), decay on every tensor.
+    p = init_params(torch.Generator().manual_seed(20241127))
+    m = {n: torch.zeros_like(p[n]) for n, _ in SHAPES}
+    v = {n: torch.zeros_like(p[n]) for n, _ in SHAPES}
+    llmc_losses = []
+    for step in range(1, STEPS + 1):
+        for n, _ in SHAPES:
+            p[n].grad = None
+        _, loss = forward(p, idx, tgt)
+        loss.backward()
+        llmc_losses.append(loss.item())
+        with torch.no_grad():
+            for n, _ in SHAPES:
+                g = p[n].grad
+                m[n] = BETAS[0] * m[n] + (1 - BETAS[0]) * g
+                v[n] = BETAS[1] * v[n] + (1 - BETAS[1]) * g * g
+                m_hat = m[n] / (1 - BETAS[0] ** step)
+                v_hat = v[n] / (1 - BETAS[1] ** step)
+                p[n] -= LR * (m_hat / (v_hat.sqrt() + EPS) + WD * p[n])
+    items.append(("llmc_adamw_losses", np.array(llmc_losses)))
     write_named(os.path.join(OUT, "gpt2_tiny_expected.bin"), items)
     print("loss %.6f; AdamW losses %s" % (items[1][1][0], " ".join("%.5f" % l for l in losses)))
 
