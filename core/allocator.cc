@@ -101,9 +101,9 @@ absl::StatusOr<void*> Allocate(Device device, size_t bytes, MemoryTag tag) {
   if (p == nullptr) {
     s.current -= bytes;
     s.current_by_tag[static_cast<int>(tag)] -= bytes;
-    return absl::ResourceExhaustedError(absl::StrFormat(
-        "out of memory on %s allocating %d bytes of %s", device.ToString(), bytes,
-        MemoryTagName(tag)));
+    return absl::ResourceExhaustedError(
+        absl::StrFormat("out of memory on %s allocating %d bytes of %s", device.ToString(), bytes,
+                        MemoryTagName(tag)));
   }
   int t = static_cast<int>(tag);
   if (s.current > s.peak) s.peak = s.current;

@@ -7,8 +7,8 @@ namespace memtrain::core {
 absl::StatusOr<DataLoader> DataLoader::Create(const TokenFile* tokens, int B, int T, int rank,
                                               int world) {
   if (B <= 0 || T <= 0 || world <= 0 || rank < 0 || rank >= world) {
-    return absl::InvalidArgumentError(absl::StrFormat(
-        "data loader: invalid B=%d T=%d rank=%d world=%d", B, T, rank, world));
+    return absl::InvalidArgumentError(
+        absl::StrFormat("data loader: invalid B=%d T=%d rank=%d world=%d", B, T, rank, world));
   }
   const int64_t need = static_cast<int64_t>(world) * B * T + 1;
   if (tokens->size() < need) {

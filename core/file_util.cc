@@ -42,9 +42,9 @@ absl::Status WriteFileAtomically(const std::string& path,
   const std::string tmp = absl::StrFormat("%s.tmp.%d", path, getpid());
   std::FILE* f = std::fopen(tmp.c_str(), "wb");
   if (f == nullptr) {
-    return absl::PermissionDeniedError(absl::StrFormat(
-        "cannot create %s: %s; check that the folder exists and is writable", tmp,
-        std::strerror(errno)));
+    return absl::PermissionDeniedError(
+        absl::StrFormat("cannot create %s: %s; check that the folder exists and is writable", tmp,
+                        std::strerror(errno)));
   }
   absl::Status s = write(f);
   if (s.ok() && std::fflush(f) != 0) s = absl::UnavailableError("flush failed: " + tmp);
@@ -59,9 +59,8 @@ absl::Status WriteFileAtomically(const std::string& path,
     return s;
   }
   // Persist the rename itself.
-  std::string dir = path.substr(0, path.find_last_of('/') == std::string::npos
-                                       ? 0
-                                       : path.find_last_of('/'));
+  std::string dir =
+      path.substr(0, path.find_last_of('/') == std::string::npos ? 0 : path.find_last_of('/'));
   if (dir.empty()) dir = ".";
   int dfd = open(dir.c_str(), O_RDONLY | O_DIRECTORY);
   if (dfd >= 0) {

@@ -92,8 +92,8 @@ absl::StatusOr<GPT2Config> ReadLlmcHeader(const std::string& path) {
   c.n_embd = h[6];
   c.padded_vocab_size = h[7];
   if (c.padded_vocab_size <= 0) {
-    return absl::DataLossError(absl::StrFormat("%s: padded vocab size %d in the header", path,
-                                               c.padded_vocab_size));
+    return absl::DataLossError(
+        absl::StrFormat("%s: padded vocab size %d in the header", path, c.padded_vocab_size));
   }
   absl::Status valid = c.Validate();
   if (!valid.ok()) {
@@ -111,8 +111,8 @@ absl::StatusOr<GPT2Config> ReadLlmcHeader(const std::string& path) {
 }
 
 absl::StatusOr<std::unique_ptr<GPT2>> LoadLlmcCheckpoint(const std::string& path,
-                                                          const GPT2Config* expected,
-                                                          Device device) {
+                                                         const GPT2Config* expected,
+                                                         Device device) {
   MT_ASSIGN_OR_RETURN(GPT2Config c, ReadLlmcHeader(path));
   if (expected != nullptr) {
     auto check = [&](const char* field, int want, int got) -> absl::Status {
@@ -125,7 +125,8 @@ absl::StatusOr<std::unique_ptr<GPT2>> LoadLlmcCheckpoint(const std::string& path
           field, want, path, got));
     };
     MT_RETURN_IF_ERROR(check("vocab_size", expected->vocab_size, c.vocab_size));
-    MT_RETURN_IF_ERROR(check("padded_vocab_size", expected->padded_vocab_size, c.padded_vocab_size));
+    MT_RETURN_IF_ERROR(
+        check("padded_vocab_size", expected->padded_vocab_size, c.padded_vocab_size));
     MT_RETURN_IF_ERROR(check("n_layer", expected->n_layer, c.n_layer));
     MT_RETURN_IF_ERROR(check("n_head", expected->n_head, c.n_head));
     MT_RETURN_IF_ERROR(check("n_embd", expected->n_embd, c.n_embd));
@@ -183,8 +184,8 @@ absl::StatusOr<TokenFile> TokenFile::Open(const std::string& path) {
         path, kLlmcTokensMagic, h[0]));
   }
   if (h[1] != kLlmcTokensVersion) {
-    return absl::DataLossError(absl::StrFormat("%s: token file version %d, expected %d", path,
-                                               h[1], kLlmcTokensVersion));
+    return absl::DataLossError(
+        absl::StrFormat("%s: token file version %d, expected %d", path, h[1], kLlmcTokensVersion));
   }
   const int64_t ntok = h[2];
   if (ntok < 0 || size != kHeaderBytes + 2 * ntok) {

@@ -45,8 +45,8 @@ absl::StatusOr<GPT2Config> ReadLlmcHeader(const std::string& path);
 // Builds a model from a checkpoint. If `expected` is given, its sizes must match the file's
 // (InvalidArgument naming the field otherwise). Nothing is returned half loaded.
 absl::StatusOr<std::unique_ptr<GPT2>> LoadLlmcCheckpoint(const std::string& path,
-                                                          const GPT2Config* expected = nullptr,
-                                                          Device device = Device::Cpu());
+                                                         const GPT2Config* expected = nullptr,
+                                                         Device device = Device::Cpu());
 // Writes atomically.
 absl::Status WriteLlmcCheckpoint(GPT2& model, const std::string& path);
 

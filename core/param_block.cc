@@ -3,8 +3,7 @@
 namespace memtrain::core {
 
 absl::StatusOr<ParamBlock> ParamBlock::Create(std::string name, int id,
-                                              const std::vector<ParamSpec>& specs,
-                                              Device device) {
+                                              const std::vector<ParamSpec>& specs, Device device) {
   ParamBlock b;
   b.name_ = std::move(name);
   b.id_ = id;

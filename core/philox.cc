@@ -58,8 +58,8 @@ void FillUniform(absl::Span<float> out, uint64_t seed, uint64_t stream, uint64_t
   });
 }
 
-void FillNormal(absl::Span<float> out, uint64_t seed, uint64_t stream, uint64_t offset,
-                float mean, float std) {
+void FillNormal(absl::Span<float> out, uint64_t seed, uint64_t stream, uint64_t offset, float mean,
+                float std) {
   FillBlocks(out, seed, stream, offset, [mean, std](const PhiloxCounter& bits) {
     std::array<float, 4> v = NormalsFromBlock(bits);
     for (float& x : v) x = mean + std * x;

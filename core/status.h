@@ -18,10 +18,10 @@
 #define MT_CONCAT_INNER_(a, b) a##b
 #define MT_CONCAT_(a, b) MT_CONCAT_INNER_(a, b)
 
-#define MT_RETURN_IF_ERROR(expr)                  \
-  do {                                            \
-    ::absl::Status mt_status_ = (expr);           \
-    if (!mt_status_.ok()) return mt_status_;      \
+#define MT_RETURN_IF_ERROR(expr)             \
+  do {                                       \
+    ::absl::Status mt_status_ = (expr);      \
+    if (!mt_status_.ok()) return mt_status_; \
   } while (0)
 
 #define MT_ASSIGN_OR_RETURN(lhs, expr) \
@@ -57,10 +57,10 @@ class CheckFailure {
     ::memtrain::core::CheckFailure(__FILE__, __LINE__, #cond).stream()
 
 // Aborts with the status message when `expr` is not OK. For examples and tools only.
-#define MT_CHECK_OK(expr)                                          \
-  do {                                                             \
-    ::absl::Status mt_s_ = (expr);                                 \
-    MT_CHECK(mt_s_.ok()) << mt_s_.ToString();                      \
+#define MT_CHECK_OK(expr)                     \
+  do {                                        \
+    ::absl::Status mt_s_ = (expr);            \
+    MT_CHECK(mt_s_.ok()) << mt_s_.ToString(); \
   } while (0)
 
 #endif  // MEMTRAIN_CORE_STATUS_H_

@@ -25,17 +25,23 @@ int main(int argc, char** argv) {
   int steps = 50;
   for (int i = 1; i < argc; ++i) {
     std::string a = argv[i];
-    if (a == "--steps" && i + 1 < argc) steps = std::stoi(argv[++i]);
-    else if (a == "--init" && i + 1 < argc) init = argv[++i];
-    else if (a == "--out" && i + 1 < argc) out = argv[++i];
-    else pos.push_back(a);
+    if (a == "--steps" && i + 1 < argc)
+      steps = std::stoi(argv[++i]);
+    else if (a == "--init" && i + 1 < argc)
+      init = argv[++i];
+    else if (a == "--out" && i + 1 < argc)
+      out = argv[++i];
+    else
+      pos.push_back(a);
   }
   if (pos.empty() || pos.size() > 2 || pos[0][0] == '-') {
-    std::fprintf(stderr, "usage: train_gpt2 TRAIN.bin [VAL.bin] [--steps N] [--init F] [--out F]\n");
+    std::fprintf(stderr,
+                 "usage: train_gpt2 TRAIN.bin [VAL.bin] [--steps N] [--init F] [--out F]\n");
     return 2;
   }
   const int B = 4, T = 128, threads = core::InitThreads();
-  core::GPT2Config cfg{.max_seq_len = 256, .vocab_size = 256, .n_layer = 4, .n_head = 4, .n_embd = 256};
+  core::GPT2Config cfg{
+      .max_seq_len = 256, .vocab_size = 256, .n_layer = 4, .n_head = 4, .n_embd = 256};
 
   // Model, data and optimizer; each step that can fail on user input returns a Status.
   auto model = init.empty() ? core::GPT2::Create(cfg) : core::LoadLlmcCheckpoint(init);

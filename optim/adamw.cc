@@ -8,12 +8,12 @@ absl::StatusOr<AdamW> AdamW::Create(core::Model* model, core::cpu::AdamWHyper hy
   opt.hyper_ = hyper;
   for (int s = 0; s < model->num_stages(); ++s) {
     const core::ParamBlock& b = model->block(s);
-    MT_ASSIGN_OR_RETURN(core::Tensor m, core::Tensor::Zeros({b.numel()}, core::DType::kF32,
-                                                            core::MemoryTag::kOptimizer,
-                                                            b.device()));
-    MT_ASSIGN_OR_RETURN(core::Tensor v, core::Tensor::Zeros({b.numel()}, core::DType::kF32,
-                                                            core::MemoryTag::kOptimizer,
-                                                            b.device()));
+    MT_ASSIGN_OR_RETURN(core::Tensor m,
+                        core::Tensor::Zeros({b.numel()}, core::DType::kF32,
+                                            core::MemoryTag::kOptimizer, b.device()));
+    MT_ASSIGN_OR_RETURN(core::Tensor v,
+                        core::Tensor::Zeros({b.numel()}, core::DType::kF32,
+                                            core::MemoryTag::kOptimizer, b.device()));
     opt.m_.push_back(std::move(m));
     opt.v_.push_back(std::move(v));
   }

@@ -9,9 +9,8 @@
 
 namespace memtrain::core {
 
-const char* const kGPT2LayerParams[12] = {"ln1w",     "ln1b",     "qkvw", "qkvb",
-                                          "attprojw", "attprojb", "ln2w", "ln2b",
-                                          "fcw",      "fcb",      "fcprojw", "fcprojb"};
+const char* const kGPT2LayerParams[12] = {"ln1w", "ln1b", "qkvw", "qkvb", "attprojw", "attprojb",
+                                          "ln2w", "ln2b", "fcw",  "fcb",  "fcprojw",  "fcprojb"};
 
 absl::Status GPT2Config::Validate() {
   auto positive = [](const char* field, int v) -> absl::Status {
@@ -32,9 +31,9 @@ absl::Status GPT2Config::Validate() {
   }
   if (padded_vocab_size == 0) padded_vocab_size = (vocab_size + 127) / 128 * 128;
   if (padded_vocab_size < vocab_size) {
-    return absl::InvalidArgumentError(absl::StrFormat(
-        "model.gpt.padded_vocab_size = %d is smaller than vocab_size = %d", padded_vocab_size,
-        vocab_size));
+    return absl::InvalidArgumentError(
+        absl::StrFormat("model.gpt.padded_vocab_size = %d is smaller than vocab_size = %d",
+                        padded_vocab_size, vocab_size));
   }
   return absl::OkStatus();
 }
@@ -48,11 +47,10 @@ absl::StatusOr<std::unique_ptr<GPT2>> GPT2::Create(GPT2Config config, Device dev
   MT_RETURN_IF_ERROR(config.Validate());
   std::unique_ptr<GPT2> m(new GPT2(config, device));
   const int64_t C = config.n_embd, L = config.n_layer;
-  MT_ASSIGN_OR_RETURN(ParamBlock emb,
-                      ParamBlock::Create("embedding", 0,
-                                         {{"wte", {config.padded_vocab_size, C}},
-                                          {"wpe", {config.max_seq_len, C}}},
-                                         device));
+  MT_ASSIGN_OR_RETURN(ParamBlock emb, ParamBlock::Create("embedding", 0,
+                                                         {{"wte", {config.padded_vocab_size, C}},
+                                                          {"wpe", {config.max_seq_len, C}}},
+                                                         device));
   m->blocks_.push_back(std::move(emb));
   for (int l = 0; l < L; ++l) {
     MT_ASSIGN_OR_RETURN(ParamBlock blk, ParamBlock::Create(absl::StrFormat("h.%d", l), l + 1,
@@ -71,8 +69,8 @@ absl::StatusOr<std::unique_ptr<GPT2>> GPT2::Create(GPT2Config config, Device dev
                                                            device));
     m->blocks_.push_back(std::move(blk));
   }
-  MT_ASSIGN_OR_RETURN(ParamBlock head, ParamBlock::Create("head", L + 1,
-                                                          {{"lnfw", {C}}, {"lnfb", {C}}}, device));
+  MT_ASSIGN_OR_RETURN(ParamBlock head,
+                      ParamBlock::Create("head", L + 1, {{"lnfw", {C}}, {"lnfb", {C}}}, device));
   m->blocks_.push_back(std::move(head));
   return m;
 }
@@ -124,8 +122,12 @@ absl::Status GPT2::Prepare(int B, int T) {
   if (B == B_ && T == T_) return absl::OkStatus();
   const int64_t N = static_cast<int64_t>(B) * T, C = config_.n_embd, NH = config_.n_head;
   const int64_t Vp = config_.padded_vocab_size;
-  auto act = [&](Shape s) { return Tensor::Empty(s, DType::kF32, MemoryTag::kActivations, device_); };
-  auto scratch = [&](Shape s) { return Tensor::Empty(s, DType::kF32, MemoryTag::kScratch, device_); };
+  auto act = [&](Shape s) {
+    return Tensor::Empty(s, DType::kF32, MemoryTag::kActivations, device_);
+  };
+  auto scratch = [&](Shape s) {
+    return Tensor::Empty(s, DType::kF32, MemoryTag::kScratch, device_);
+  };
   // Release the old buffers first so a resize does not need both at once.
   acts_.clear();
   B_ = T_ = 0;
@@ -188,9 +190,9 @@ absl::Status GPT2::ValidateBatch(const Batch& batch) const {
         batch.B, batch.T, B_, T_));
   }
   if (batch.pos_offset < 0 || batch.pos_offset + batch.T > config_.max_seq_len) {
-    return absl::InvalidArgumentError(absl::StrFormat(
-        "positions %d..%d exceed max_seq_len = %d", batch.pos_offset,
-        batch.pos_offset + batch.T - 1, config_.max_seq_len));
+    return absl::InvalidArgumentError(
+        absl::StrFormat("positions %d..%d exceed max_seq_len = %d", batch.pos_offset,
+                        batch.pos_offset + batch.T - 1, config_.max_seq_len));
   }
   const int64_t N = static_cast<int64_t>(batch.B) * batch.T;
   for (int64_t i = 0; i < N; ++i) {
@@ -215,8 +217,8 @@ const float* GPT2::StageInput(int stage) const {
 void GPT2::ForwardStage(int stage, const Batch& batch) {
   if (stage == kEmbeddingStage) {
     const ParamBlock& e = blocks_[0];
-    cpu::EmbeddingForward(emb_out_.f32(), batch.inputs, e.param("wte").f32(),
-                          e.param("wpe").f32(), B_, T_, config_.n_embd, batch.pos_offset);
+    cpu::EmbeddingForward(emb_out_.f32(), batch.inputs, e.param("wte").f32(), e.param("wpe").f32(),
+                          B_, T_, config_.n_embd, batch.pos_offset);
   } else if (stage == head_stage()) {
     HeadForward(batch);
   } else {
@@ -253,8 +255,8 @@ void GPT2::BlockForward(int layer, const Batch& batch) {
   cpu::MatmulForward(a.fch, nullptr, a.ln2, p.param("fcw").f32(), p.param("fcb").f32(), N, C,
                      4 * C);
   cpu::GeluForward(a.fch_gelu, a.fch, N * 4 * C);
-  cpu::MatmulForward(a.out, a.res2, a.fch_gelu, p.param("fcprojw").f32(),
-                     p.param("fcprojb").f32(), N, 4 * C, C);
+  cpu::MatmulForward(a.out, a.res2, a.fch_gelu, p.param("fcprojw").f32(), p.param("fcprojb").f32(),
+                     N, 4 * C, C);
 }
 
 void GPT2::BlockBackward(int layer, const Batch& batch) {
@@ -278,8 +280,7 @@ void GPT2::BlockBackward(int layer, const Batch& batch) {
   // Attention branch: res2 = inp + attproj(attention(qkv(ln1(inp)))); dres now holds d(res2).
   cpu::MatmulBackward(dbuf, p.grad("attprojw").f32(), p.grad("attprojb").f32(), dres, a.atty,
                       p.param("attprojw").f32(), N, C, C);
-  attention_->Backward(dqkv_.f32(), dbuf, a.qkv, a.atty, a.att_lse, B_, T_, C,
-                       config_.n_head);
+  attention_->Backward(dqkv_.f32(), dbuf, a.qkv, a.atty, a.att_lse, B_, T_, C, config_.n_head);
   cpu::MatmulBackward(dbuf, p.grad("qkvw").f32(), p.grad("qkvb").f32(), dqkv_.f32(), a.ln1,
                       p.param("qkvw").f32(), N, C, 3 * C);
   cpu::LayerNormBackward(dres, p.grad("ln1w").f32(), p.grad("ln1b").f32(), dbuf, inp,

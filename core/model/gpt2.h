@@ -1,10 +1,10 @@
-// GPT-2 as stages of flat blocks: stage 0 = token + position embedding {wte (Vp, C), wpe (maxT, C)},
-// stages 1..L = transformer blocks, stage L+1 = head {lnfw, lnfb (C)} whose LM head is tied to wte
-// (it reads block 0 and accumulates into block 0's gradient). Layouts match llm.c: linear
+// GPT-2 as stages of flat blocks: stage 0 = token + position embedding {wte (Vp, C), wpe (maxT,
+// C)}, stages 1..L = transformer blocks, stage L+1 = head {lnfw, lnfb (C)} whose LM head is tied to
+// wte (it reads block 0 and accumulates into block 0's gradient). Layouts match llm.c: linear
 // weights are (out, in), qkv rows are [Q; K; V], GELU is the tanh form, LayerNorm eps 1e-5.
 //
-//   GPT2Config cfg{.max_seq_len = 256, .vocab_size = 256, .n_layer = 4, .n_head = 4, .n_embd = 256};
-//   MT_ASSIGN_OR_RETURN(std::unique_ptr<GPT2> model, GPT2::Create(cfg));
+//   GPT2Config cfg{.max_seq_len = 256, .vocab_size = 256, .n_layer = 4, .n_head = 4, .n_embd =
+//   256}; MT_ASSIGN_OR_RETURN(std::unique_ptr<GPT2> model, GPT2::Create(cfg));
 //   model->InitWeights(/*seed=*/1337);
 //   MT_RETURN_IF_ERROR(model->Prepare(B, T));
 //   core::Engine engine(model.get());
@@ -23,12 +23,12 @@
 namespace memtrain::core {
 
 struct GPT2Config {
-  int max_seq_len = 1024;      // maxT
-  int vocab_size = 50257;      // V
-  int padded_vocab_size = 0;   // Vp; 0 = V rounded up to a multiple of 128
-  int n_layer = 12;            // L
-  int n_head = 12;             // NH
-  int n_embd = 768;            // C
+  int max_seq_len = 1024;     // maxT
+  int vocab_size = 50257;     // V
+  int padded_vocab_size = 0;  // Vp; 0 = V rounded up to a multiple of 128
+  int n_layer = 12;           // L
+  int n_head = 12;            // NH
+  int n_embd = 768;           // C
 
   // InvalidArgument naming the field if the sizes are inconsistent; fills padded_vocab_size.
   absl::Status Validate();
@@ -70,7 +70,9 @@ class GPT2 : public Model {
   int64_t activation_bytes() const;
 
   // The attention every block calls (not owned; null restores the built-in local one).
-  void set_attention(Attention* attention) { attention_ = attention ? attention : &local_attention_; }
+  void set_attention(Attention* attention) {
+    attention_ = attention ? attention : &local_attention_;
+  }
 
   static constexpr int kEmbeddingStage = 0;
   int head_stage() const { return config_.n_layer + 1; }
@@ -109,16 +111,16 @@ class GPT2 : public Model {
   std::vector<ParamBlock> blocks_;
 
   int B_ = 0, T_ = 0;
-  Tensor emb_out_;                 // (B, T, C)
-  std::vector<BlockActs> acts_;    // L
+  Tensor emb_out_;                    // (B, T, C)
+  std::vector<BlockActs> acts_;       // L
   Tensor lnf_, lnf_mean_, lnf_rstd_;  // (B, T, C), (B, T), (B, T)
-  Tensor logits_;                  // (B, T, Vp), reused for dlogits
-  Tensor losses_, lse_;            // (B, T)
+  Tensor logits_;                     // (B, T, Vp), reused for dlogits
+  Tensor losses_, lse_;               // (B, T)
   // Backward scratch shared by all blocks.
-  Tensor dres_[2];                 // (B, T, C) residual-stream gradient, ping-pong
-  Tensor dbuf_;                    // (B, T, C)
-  Tensor dqkv_;                    // (B, T, 3C)
-  Tensor dfch_;                    // (B, T, 4C)
+  Tensor dres_[2];  // (B, T, C) residual-stream gradient, ping-pong
+  Tensor dbuf_;     // (B, T, C)
+  Tensor dqkv_;     // (B, T, 3C)
+  Tensor dfch_;     // (B, T, 4C)
   int cur_dres_ = 0;
   int valid_targets_ = 0;
   float mean_loss_ = 0.0f;

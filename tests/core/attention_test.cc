@@ -57,12 +57,14 @@ TEST_P(AttentionTest, ForwardMatchesNaiveAndBackwardMatchesFiniteDifferences) {
   EXPECT_TRUE(AllClose(out, NaiveAttention(ToDouble(qkv), B, T, C, NH), 1e-5));
 
   AttentionBackward(dqkv.data(), R.data(), qkv.data(), out.data(), lse.data(), B, T, C, NH);
-  auto g = NumericalGrad([&](const std::vector<double>& x) {
-    auto o = NaiveAttention(x, B, T, C, NH);
-    double s = 0;
-    for (size_t i = 0; i < o.size(); ++i) s += o[i] * R[i];
-    return s;
-  }, ToDouble(qkv));
+  auto g = NumericalGrad(
+      [&](const std::vector<double>& x) {
+        auto o = NaiveAttention(x, B, T, C, NH);
+        double s = 0;
+        for (size_t i = 0; i < o.size(); ++i) s += o[i] * R[i];
+        return s;
+      },
+      ToDouble(qkv));
   EXPECT_TRUE(AllClose(dqkv, g, 1e-4));
 }
 

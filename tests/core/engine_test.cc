@@ -56,8 +56,8 @@ TEST(EngineTest, RunsStagesInOrderAndBackwardInReverseWithHooks) {
   ASSERT_TRUE(engine.Forward(f.batch).ok());
   engine.ZeroGrad();
   engine.Backward(f.batch);
-  EXPECT_EQ(hooks.log, (std::vector<std::string>{"F0", "F1", "F2", "F3", "F4", "B4", "B3", "B2",
-                                                  "B1", "B0"}));
+  EXPECT_EQ(hooks.log,
+            (std::vector<std::string>{"F0", "F1", "F2", "F3", "F4", "B4", "B3", "B2", "B1", "B0"}));
   EXPECT_EQ(f.model->extra_blocks(4), std::vector<int>{0});  // the head reads the tied wte
 }
 

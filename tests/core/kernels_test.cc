@@ -40,7 +40,8 @@ TEST(MatmulTest, ForwardWithBiasAndResidualMatchesNaive) {
   auto res = RandomFloats(N * OC, 4);
   std::vector<float> out(N * OC);
   MatmulForward(out.data(), res.data(), inp.data(), w.data(), b.data(), N, C, OC);
-  EXPECT_TRUE(AllClose(out, NaiveMatmul(ToDouble(inp), ToDouble(w), ToDouble(b), ToDouble(res), N, C, OC), 1e-5));
+  EXPECT_TRUE(AllClose(
+      out, NaiveMatmul(ToDouble(inp), ToDouble(w), ToDouble(b), ToDouble(res), N, C, OC), 1e-5));
   MatmulForward(out.data(), nullptr, inp.data(), w.data(), nullptr, N, C, OC);
   EXPECT_TRUE(AllClose(out, NaiveMatmul(ToDouble(inp), ToDouble(w), {}, {}, N, C, OC), 1e-5));
 }
@@ -73,7 +74,8 @@ TEST(MatmulTest, BackwardMatchesFiniteDifferences) {
   for (int i = 0; i < N * C; ++i) EXPECT_NEAR(dinp2[i], dinp[i] + 1.0f, 1e-5);
 }
 
-// ---- LayerNorm ------------------------------------------------------------------------------------
+// ---- LayerNorm
+// ------------------------------------------------------------------------------------
 std::vector<double> NaiveLayerNorm(const std::vector<double>& x, const std::vector<double>& w,
                                    const std::vector<double>& b, int N, int C) {
   std::vector<double> out(N * C);
@@ -83,7 +85,8 @@ std::vector<double> NaiveLayerNorm(const std::vector<double>& x, const std::vect
     m /= C;
     for (int c = 0; c < C; ++c) v += (x[n * C + c] - m) * (x[n * C + c] - m);
     v /= C;
-    for (int c = 0; c < C; ++c) out[n * C + c] = (x[n * C + c] - m) / std::sqrt(v + 1e-5) * w[c] + b[c];
+    for (int c = 0; c < C; ++c)
+      out[n * C + c] = (x[n * C + c] - m) / std::sqrt(v + 1e-5) * w[c] + b[c];
   }
   return out;
 }
@@ -99,18 +102,28 @@ TEST(LayerNormTest, ForwardAndBackwardMatchReference) {
   std::vector<float> dx(N * C, 0.0f), dw(C, 0.0f), db(C, 0.0f);
   LayerNormBackward(dx.data(), dw.data(), db.data(), R.data(), x.data(), w.data(), mean.data(),
                     rstd.data(), N, C);
-  auto gx = NumericalGrad([&](const std::vector<double>& v) {
-    return Dot(NaiveLayerNorm(v, ToDouble(w), ToDouble(b), N, C), R); }, ToDouble(x));
-  auto gw = NumericalGrad([&](const std::vector<double>& v) {
-    return Dot(NaiveLayerNorm(ToDouble(x), v, ToDouble(b), N, C), R); }, ToDouble(w));
-  auto gb = NumericalGrad([&](const std::vector<double>& v) {
-    return Dot(NaiveLayerNorm(ToDouble(x), ToDouble(w), v, N, C), R); }, ToDouble(b));
+  auto gx = NumericalGrad(
+      [&](const std::vector<double>& v) {
+        return Dot(NaiveLayerNorm(v, ToDouble(w), ToDouble(b), N, C), R);
+      },
+      ToDouble(x));
+  auto gw = NumericalGrad(
+      [&](const std::vector<double>& v) {
+        return Dot(NaiveLayerNorm(ToDouble(x), v, ToDouble(b), N, C), R);
+      },
+      ToDouble(w));
+  auto gb = NumericalGrad(
+      [&](const std::vector<double>& v) {
+        return Dot(NaiveLayerNorm(ToDouble(x), ToDouble(w), v, N, C), R);
+      },
+      ToDouble(b));
   EXPECT_TRUE(AllClose(dx, gx, 1e-4));
   EXPECT_TRUE(AllClose(dw, gw, 1e-4));
   EXPECT_TRUE(AllClose(db, gb, 1e-4));
 }
 
-// ---- GELU -------------------------------------------------------------------------------------------
+// ---- GELU
+// -------------------------------------------------------------------------------------------
 double NaiveGelu(double x) {
   return 0.5 * x * (1 + std::tanh(std::sqrt(2 / M_PI) * (x + 0.044715 * x * x * x)));
 }
@@ -124,11 +137,13 @@ TEST(GeluTest, ForwardAndBackwardMatchReference) {
   for (int i = 0; i < n; ++i) ref[i] = NaiveGelu(x[i]);
   EXPECT_TRUE(AllClose(out, ref, 1e-6));
   GeluBackward(dx.data(), x.data(), R.data(), n);
-  auto g = NumericalGrad([&](const std::vector<double>& v) {
-    double s = 0;
-    for (int i = 0; i < n; ++i) s += NaiveGelu(v[i]) * R[i];
-    return s;
-  }, ToDouble(x));
+  auto g = NumericalGrad(
+      [&](const std::vector<double>& v) {
+        double s = 0;
+        for (int i = 0; i < n; ++i) s += NaiveGelu(v[i]) * R[i];
+        return s;
+      },
+      ToDouble(x));
   EXPECT_TRUE(AllClose(dx, g, 1e-5));
   // In place (dinp aliases dout), as the model uses it.
   std::vector<float> inplace = R;
@@ -136,7 +151,8 @@ TEST(GeluTest, ForwardAndBackwardMatchReference) {
   EXPECT_EQ(inplace, dx);
 }
 
-// ---- softmax + cross-entropy ---------------------------------------------------------------------
+// ---- softmax + cross-entropy
+// ---------------------------------------------------------------------
 double NaiveCrossEntropy(const std::vector<double>& logits, const std::vector<int32_t>& targets,
                          int N, int V, int Vp, std::vector<double>* losses = nullptr) {
   double total = 0;
@@ -164,17 +180,20 @@ TEST(CrossEntropyTest, ForwardAndBackwardWithPaddingAndIgnoredTargets) {
   const float dloss = 0.25f;
   std::vector<float> dlogits = logits;  // in place, as the model does it
   CrossEntropyBackward(dlogits.data(), dlogits.data(), lse.data(), targets.data(), dloss, N, V, Vp);
-  auto g = NumericalGrad([&](const std::vector<double>& v) {
-    return dloss * NaiveCrossEntropy(v, targets, N, V, Vp); }, ToDouble(logits));
+  auto g = NumericalGrad(
+      [&](const std::vector<double>& v) { return dloss * NaiveCrossEntropy(v, targets, N, V, Vp); },
+      ToDouble(logits));
   EXPECT_TRUE(AllClose(dlogits, g, 1e-5));
   for (int n = 0; n < N; ++n)
     for (int j = V; j < Vp; ++j) EXPECT_EQ(dlogits[n * Vp + j], 0.0f);
 }
 
-// ---- embedding, residual ---------------------------------------------------------------------------
+// ---- embedding, residual
+// ---------------------------------------------------------------------------
 TEST(EmbeddingTest, ForwardAndBackwardWithRepeatedTokensAndOffset) {
   const int B = 2, T = 5, C = 70, V = 6, maxT = 9, off = 3;
-  auto wte = RandomFloats(V * C, 12), wpe = RandomFloats(maxT * C, 13), R = RandomFloats(B * T * C, 14);
+  auto wte = RandomFloats(V * C, 12), wpe = RandomFloats(maxT * C, 13),
+       R = RandomFloats(B * T * C, 14);
   std::vector<int32_t> tok = {1, 1, 5, 0, 1, 2, 2, 3, 5, 1};
   std::vector<float> out(B * T * C);
   EmbeddingForward(out.data(), tok.data(), wte.data(), wpe.data(), B, T, C, off);
@@ -192,10 +211,16 @@ TEST(EmbeddingTest, ForwardAndBackwardWithRepeatedTokensAndOffset) {
   };
   std::vector<float> dwte(V * C, 0.0f), dwpe(maxT * C, 0.0f);
   EmbeddingBackward(dwte.data(), dwpe.data(), R.data(), tok.data(), B, T, C, off);
-  EXPECT_TRUE(AllClose(dwte, NumericalGrad([&](const std::vector<double>& e) {
-    return f(e, ToDouble(wpe)); }, ToDouble(wte)), 1e-6));
-  EXPECT_TRUE(AllClose(dwpe, NumericalGrad([&](const std::vector<double>& p) {
-    return f(ToDouble(wte), p); }, ToDouble(wpe)), 1e-6));
+  EXPECT_TRUE(
+      AllClose(dwte,
+               NumericalGrad([&](const std::vector<double>& e) { return f(e, ToDouble(wpe)); },
+                             ToDouble(wte)),
+               1e-6));
+  EXPECT_TRUE(
+      AllClose(dwpe,
+               NumericalGrad([&](const std::vector<double>& p) { return f(ToDouble(wte), p); },
+                             ToDouble(wpe)),
+               1e-6));
 }
 
 TEST(ResidualTest, ForwardAndAccumulate) {
@@ -207,14 +232,19 @@ TEST(ResidualTest, ForwardAndAccumulate) {
   for (int i = 0; i < 1000; ++i) ASSERT_EQ(out[i], (a[i] + b[i]) + a[i]);
 }
 
-// ---- AdamW --------------------------------------------------------------------------------------------
+// ---- AdamW
+// --------------------------------------------------------------------------------------------
 TEST(AdamWTest, BothVariantsMatchDoubleLoopOverSteps) {
   const int n = 257;
   for (AdamWVariant variant : {AdamWVariant::kPyTorch, AdamWVariant::kLlmc}) {
     auto p = RandomFloats(n, 17);
     std::vector<float> m(n, 0.0f), v(n, 0.0f);
     std::vector<double> pd = ToDouble(p), md(n, 0), vd(n, 0);
-    AdamWHyper h{.lr = 1e-2f, .beta1 = 0.9f, .beta2 = 0.95f, .eps = 1e-8f, .weight_decay = 0.1f,
+    AdamWHyper h{.lr = 1e-2f,
+                 .beta1 = 0.9f,
+                 .beta2 = 0.95f,
+                 .eps = 1e-8f,
+                 .weight_decay = 0.1f,
                  .variant = variant};
     for (int step = 1; step <= 5; ++step) {
       auto g = RandomFloats(n, 100 + step);
@@ -225,9 +255,8 @@ TEST(AdamWTest, BothVariantsMatchDoubleLoopOverSteps) {
         vd[i] = 0.95 * vd[i] + 0.05 * g[i] * double(g[i]);
         double mhat = md[i] / (1 - std::pow(0.9, step)), vhat = vd[i] / (1 - std::pow(0.95, step));
         double upd = mhat / (std::sqrt(vhat) + 1e-8);
-        pd[i] = variant == AdamWVariant::kPyTorch
-                    ? pd[i] * (1 - 1e-2 * 0.1) - 1e-2 * upd
-                    : pd[i] - 1e-2 * (upd + 0.1 * pd[i]);
+        pd[i] = variant == AdamWVariant::kPyTorch ? pd[i] * (1 - 1e-2 * 0.1) - 1e-2 * upd
+                                                  : pd[i] - 1e-2 * (upd + 0.1 * pd[i]);
       }
     }
     EXPECT_TRUE(AllClose(p, pd, 1e-5)) << "variant " << static_cast<int>(variant);

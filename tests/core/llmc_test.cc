@@ -18,8 +18,12 @@ std::string TempPath(const std::string& name) {
 }
 
 GPT2Config Tiny() {
-  return {.max_seq_len = 16, .vocab_size = 50, .padded_vocab_size = 64, .n_layer = 2,
-          .n_head = 2, .n_embd = 8};
+  return {.max_seq_len = 16,
+          .vocab_size = 50,
+          .padded_vocab_size = 64,
+          .n_layer = 2,
+          .n_head = 2,
+          .n_embd = 8};
 }
 
 std::string ReadBytes(const std::string& path) {

@@ -130,8 +130,8 @@ void AttentionBackward(float* dqkv, const float* dout, const float* qkv, const f
               const float dp = Dot(doi, vj, HS);
               const float ds = p * (dp - D[i]) * scale;
               Axpy(dbase + j * C3 + 2 * C + h * HS, p, doi, HS);  // dv_j
-              Axpy(dqi, ds, kj, HS);                               // dq_i
-              Axpy(dbase + j * C3 + C + h * HS, ds, qi, HS);       // dk_j
+              Axpy(dqi, ds, kj, HS);                              // dq_i
+              Axpy(dbase + j * C3 + C + h * HS, ds, qi, HS);      // dk_j
             }
           }
         }

@@ -94,7 +94,8 @@ void GeluBackward(float* dinp, const float* inp, const float* dout, int64_t n) {
     float u = kGeluScale * (x + 0.044715f * x * x * x);
     float th = FastTanh(u);
     float sech2 = 1.0f - th * th;
-    float grad = 0.5f * (1.0f + th) + 0.5f * x * sech2 * kGeluScale * (1.0f + 3.0f * 0.044715f * x * x);
+    float grad =
+        0.5f * (1.0f + th) + 0.5f * x * sech2 * kGeluScale * (1.0f + 3.0f * 0.044715f * x * x);
     dinp[i] = grad * dout[i];
   }
 }

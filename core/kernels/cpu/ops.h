@@ -1,6 +1,6 @@
 // CPU kernels of the training core, forward and backward side by side (one pair per op, as in
-// llm.c). Matrix products go to OpenBLAS sgemm; everything else is OpenMP over plain loops. The CUDA
-// backend implements the same signatures in core/kernels/cuda/.
+// llm.c). Matrix products go to OpenBLAS sgemm; everything else is OpenMP over plain loops. The
+// CUDA backend implements the same signatures in core/kernels/cuda/.
 //
 // Conventions: row-major; N = B*T rows; shapes are given in the comment of each buffer. Backward
 // kernels ACCUMULATE (+=) into parameter gradients; for activation gradients each function says
@@ -60,20 +60,22 @@ void CrossEntropyBackward(float* dlogits, const float* logits, const float* lse,
                           const int32_t* targets, float dloss, int64_t N, int64_t V, int64_t Vp);
 
 // ---- token + position embedding ---------------------------------------------------------------
-// out (B, T, C) = wte[tokens[b, t]] + wpe[pos_offset + t]; tokens (B, T); wte (V, C); wpe (maxT, C).
-// pos_offset lets a sequence shard use its global positions.
+// out (B, T, C) = wte[tokens[b, t]] + wpe[pos_offset + t]; tokens (B, T); wte (V, C); wpe (maxT,
+// C). pos_offset lets a sequence shard use its global positions.
 void EmbeddingForward(float* out, const int32_t* tokens, const float* wte, const float* wpe,
                       int64_t B, int64_t T, int64_t C, int64_t pos_offset = 0);
 // dwte (V, C) +=, dwpe (maxT, C) += (dwpe may be null).
 void EmbeddingBackward(float* dwte, float* dwpe, const float* dout, const int32_t* tokens,
                        int64_t B, int64_t T, int64_t C, int64_t pos_offset = 0);
 
-// ---- residual -------------------------------------------------------------------------------------
-// out = a + b (out may alias either). Its backward is an accumulation: AddInPlace(da, dout).
+// ---- residual
+// ------------------------------------------------------------------------------------- out = a + b
+// (out may alias either). Its backward is an accumulation: AddInPlace(da, dout).
 void ResidualForward(float* out, const float* a, const float* b, int64_t n);
 void AddInPlace(float* y, const float* x, int64_t n);
 
-// ---- AdamW ------------------------------------------------------------------------------------------
+// ---- AdamW
+// ------------------------------------------------------------------------------------------
 enum class AdamWVariant {
   kPyTorch,  // theta *= 1 - lr*wd, then theta -= lr * m_hat / (sqrt(v_hat) + eps)
   kLlmc,     // theta -= lr * (m_hat / (sqrt(v_hat) + eps) + wd * theta)
