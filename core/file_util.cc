@@ -7,6 +7,7 @@
 #include <cerrno>
 #include <cstring>
 
+#include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "core/status.h"
 
@@ -47,9 +48,9 @@ absl::Status WriteFileAtomically(const std::string& path,
                         std::strerror(errno)));
   }
   absl::Status s = write(f);
-  if (s.ok() && std::fflush(f) != 0) s = absl::UnavailableError("flush failed: " + tmp);
-  if (s.ok() && fsync(fileno(f)) != 0) s = absl::UnavailableError("fsync failed: " + tmp);
-  if (std::fclose(f) != 0 && s.ok()) s = absl::UnavailableError("close failed: " + tmp);
+  if (s.ok() && std::fflush(f) != 0) s = absl::UnavailableError(absl::StrCat("flush failed: ", tmp));
+  if (s.ok() && fsync(fileno(f)) != 0) s = absl::UnavailableError(absl::StrCat("fsync failed: ", tmp));
+  if (std::fclose(f) != 0 && s.ok()) s = absl::UnavailableError(absl::StrCat("close failed: ", tmp));
   if (s.ok() && std::rename(tmp.c_str(), path.c_str()) != 0) {
     s = absl::UnavailableError(
         absl::StrFormat("rename %s -> %s failed: %s", tmp, path, std::strerror(errno)));
@@ -59,9 +60,8 @@ absl::Status WriteFileAtomically(const std::string& path,
     return s;
   }
   // Persist the rename itself.
-  std::string dir =
-      path.substr(0, path.find_last_of('/') == std::string::npos ? 0 : path.find_last_of('/'));
-  if (dir.empty()) dir = ".";
+  const size_t slash = path.find_last_of('/');
+  const std::string dir = slash == std::string::npos ? "." : path.substr(0, slash + 1);
   int dfd = open(dir.c_str(), O_RDONLY | O_DIRECTORY);
   if (dfd >= 0) {
     fsync(dfd);

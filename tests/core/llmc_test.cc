@@ -8,7 +8,9 @@
 #include <cstdio>
 #include <fstream>
 
+#include "absl/strings/str_cat.h"
 #include "core/data_loader.h"
+#include "core/file_util.h"
 
 namespace memtrain::core {
 namespace {
@@ -170,6 +172,27 @@ TEST(DataLoaderTest, LlmcOrderAcrossRanksAndWrap) {
   auto too_short = DataLoader::Create(&*t, 4, 25, 0, 1);  // needs 101 tokens
   EXPECT_EQ(too_short.status().code(), absl::StatusCode::kInvalidArgument);
   EXPECT_NE(too_short.status().message().find(path), std::string::npos);
+}
+
+}  // namespace
+}  // namespace memtrain::core
+
+namespace memtrain::core {
+namespace {
+
+TEST(FileUtilTest, FailedAtomicWriteLeavesTheOldFileAndNoTemporary) {
+  const std::string path = TempPath("atomic.bin");
+  WriteBytes(path, "old contents");
+  absl::Status s = WriteFileAtomically(path, [](std::FILE* f) -> absl::Status {
+    std::fputs("half of the new", f);
+    return absl::UnavailableError("simulated failure mid-write");
+  });
+  EXPECT_EQ(s.code(), absl::StatusCode::kUnavailable);
+  EXPECT_EQ(ReadBytes(path), "old contents");
+  EXPECT_FALSE(FileSize(absl::StrCat(path, ".tmp.", getpid())).ok());
+  ASSERT_TRUE(
+      WriteFileAtomically(path, [&](std::FILE* f) { return WriteAll(f, "new", 3, path); }).ok());
+  EXPECT_EQ(ReadBytes(path), "new");
 }
 
 }  // namespace
