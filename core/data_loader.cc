@@ -1,5 +1,8 @@
 #include "core/data_loader.h"
 
+#include <algorithm>
+#include <vector>
+
 #include "absl/strings/str_format.h"
 
 namespace memtrain::core {
@@ -36,6 +39,28 @@ void DataLoader::Next(int32_t* inputs, int32_t* targets) {
     targets[i] = src[i + 1];
   }
   position_ += n * world_;
+}
+
+int64_t DataLoader::num_batches() const {
+  // Batch k starts at start() + k*n*W and needs n + 1 tokens.
+  const int64_t n = static_cast<int64_t>(B_) * T_;
+  const int64_t room = tokens_->size() - 1 - n - start();
+  return room < 0 ? 0 : room / (n * world_) + 1;
+}
+
+absl::StatusOr<float> EvaluateLoss(Engine& engine, DataLoader& loader, int max_batches) {
+  const int B = loader.B(), T = loader.T();
+  std::vector<int32_t> inputs(static_cast<size_t>(B) * T), targets(inputs.size());
+  const Batch batch{inputs.data(), targets.data(), B, T};
+  const int64_t n = std::min<int64_t>(max_batches, loader.num_batches());
+  loader.Reset();
+  double sum = 0.0;
+  for (int64_t i = 0; i < n; ++i) {
+    loader.Next(inputs.data(), targets.data());
+    MT_ASSIGN_OR_RETURN(float loss, engine.Forward(batch));
+    sum += loss;
+  }
+  return n > 0 ? static_cast<float>(sum / n) : 0.0f;
 }
 
 }  // namespace memtrain::core

@@ -10,6 +10,7 @@
 #include <cstdint>
 
 #include "absl/status/statusor.h"
+#include "core/engine.h"
 #include "core/llmc.h"
 
 namespace memtrain::core {
@@ -27,6 +28,8 @@ class DataLoader {
   int64_t position() const { return position_; }
   void set_position(int64_t p) { position_ = p; }
   int B() const { return B_; }
+  // Batches before the loader wraps around.
+  int64_t num_batches() const;
   int T() const { return T_; }
 
  private:
@@ -36,6 +39,10 @@ class DataLoader {
   int B_ = 0, T_ = 0, rank_ = 0, world_ = 1;
   int64_t position_ = 0;
 };
+
+// Mean loss over up to `max_batches` batches read from `loader` (from its start; forward only).
+// The engine's model must be prepared for the loader's (B, T).
+absl::StatusOr<float> EvaluateLoss(Engine& engine, DataLoader& loader, int max_batches);
 
 }  // namespace memtrain::core
 

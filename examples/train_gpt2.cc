@@ -4,11 +4,11 @@
 //   train_gpt2 TRAIN.bin [VAL.bin] [--steps N] [--init CKPT.bin] [--out CKPT.bin]
 #include <chrono>
 #include <cstdio>
+#include <map>
 #include <string>
 #include <vector>
 
 #include "core/data_loader.h"
-#include "core/llmc.h"
 #include "core/threads.h"
 #include "optim/adamw.h"
 
@@ -20,35 +20,31 @@ int Fail(const absl::Status& s) {
 }
 
 int main(int argc, char** argv) {
-  std::vector<std::string> pos;
-  std::string init, out;
-  int steps = 50;
+  std::vector<std::string> files;
+  std::map<std::string, std::string> flags = {{"--steps", "50"}, {"--init", ""}, {"--out", ""}};
   for (int i = 1; i < argc; ++i) {
-    std::string a = argv[i];
-    if (a == "--steps" && i + 1 < argc)
-      steps = std::stoi(argv[++i]);
-    else if (a == "--init" && i + 1 < argc)
-      init = argv[++i];
-    else if (a == "--out" && i + 1 < argc)
-      out = argv[++i];
+    const std::string arg = argv[i];
+    if (flags.count(arg) && i + 1 < argc)
+      flags[arg] = argv[++i];
     else
-      pos.push_back(a);
+      files.push_back(arg);
   }
-  if (pos.empty() || pos.size() > 2 || pos[0][0] == '-') {
+  if (files.empty() || files.size() > 2 || files[0][0] == '-') {
     std::fprintf(stderr,
                  "usage: train_gpt2 TRAIN.bin [VAL.bin] [--steps N] [--init F] [--out F]\n");
     return 2;
   }
-  const int B = 4, T = 128, threads = core::InitThreads();
+  const int B = 4, T = 128, steps = std::stoi(flags["--steps"]), threads = core::InitThreads();
   core::GPT2Config cfg{
       .max_seq_len = 256, .vocab_size = 256, .n_layer = 4, .n_head = 4, .n_embd = 256};
 
-  // Model, data and optimizer; each step that can fail on user input returns a Status.
+  // Model, data and optimizer: every call that can fail on user input returns a Status.
+  const std::string& init = flags["--init"];
   auto model = init.empty() ? core::GPT2::Create(cfg) : core::LoadLlmcCheckpoint(init);
   if (!model.ok()) return Fail(model.status());
   if (init.empty()) (*model)->InitWeights(/*seed=*/1337);
   if (absl::Status s = (*model)->Prepare(B, T); !s.ok()) return Fail(s);
-  auto train = core::TokenFile::Open(pos[0]);
+  auto train = core::TokenFile::Open(files[0]);
   if (!train.ok()) return Fail(train.status());
   if (absl::Status s = train->CheckVocab((*model)->config().vocab_size); !s.ok()) return Fail(s);
   auto loader = core::DataLoader::Create(&*train, B, T);
@@ -76,21 +72,17 @@ int main(int argc, char** argv) {
     std::printf("step %4d/%d  loss %.4f  %6.1f ms  %6.0f tok/s\n", step, steps, *loss, 1e3 * s,
                 B * T / s);
   }
-  if (pos.size() == 2) {  // mean loss over up to 16 validation batches
-    auto val = core::TokenFile::Open(pos[1]);
+  if (files.size() == 2) {  // mean loss over up to 16 validation batches
+    auto val = core::TokenFile::Open(files[1]);
     auto vl = val.ok() ? core::DataLoader::Create(&*val, B, T) : val.status();
-    if (!vl.ok()) return Fail(vl.status());
-    int n = static_cast<int>(std::min<int64_t>(16, (val->size() - 1) / (B * T)));
-    double sum = 0;
-    for (int i = 0; i < n; ++i) {
-      vl->Next(inputs.data(), targets.data());
-      sum += engine.Forward(batch).value();
-    }
-    std::printf("val loss %.4f over %d batches\n", sum / n, n);
+    auto val_loss = vl.ok() ? core::EvaluateLoss(engine, *vl, 16) : vl.status();
+    if (!val_loss.ok()) return Fail(val_loss.status());
+    std::printf("val loss %.4f\n", *val_loss);
   }
-  if (!out.empty()) {
-    if (absl::Status s = core::WriteLlmcCheckpoint(**model, out); !s.ok()) return Fail(s);
-    std::printf("wrote %s\n", out.c_str());
+  if (!flags["--out"].empty()) {
+    if (absl::Status s = core::WriteLlmcCheckpoint(**model, flags["--out"]); !s.ok())
+      return Fail(s);
+    std::printf("wrote %s\n", flags["--out"].c_str());
   }
   std::printf(last < first ? "loss fell from %.4f to %.4f\n" : "loss did not fall: %.4f -> %.4f\n",
               first, last);

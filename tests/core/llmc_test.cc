@@ -157,6 +157,7 @@ TEST(DataLoaderTest, LlmcOrderAcrossRanksAndWrap) {
   for (int r = 0; r < W; ++r) {
     auto dl = DataLoader::Create(&*t, B, T, r, W);
     ASSERT_TRUE(dl.ok());
+    EXPECT_EQ(dl->num_batches(), 3);  // starts r*10, 30 + r*10, 60 + r*10; 90 + r*10 overruns
     std::vector<int32_t> in(B * T), tg(B * T);
     for (int s = 0; s < 4; ++s) {
       dl->Next(in.data(), tg.data());

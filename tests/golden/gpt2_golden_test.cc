@@ -4,10 +4,12 @@
 #include <gtest/gtest.h>
 
 #include <cstdio>
+#include <cstdlib>
 #include <map>
 #include <string>
 #include <vector>
 
+#include "absl/strings/str_cat.h"
 #include "core/engine.h"
 #include "core/llmc.h"
 #include "optim/adamw.h"
@@ -18,7 +20,11 @@ namespace {
 
 using memtrain::testing::AllClose;
 
-const std::string kDir = std::string(MEMTRAIN_SOURCE_DIR) + "/tests/golden/data/";
+// MEMTRAIN_SOURCE_DIR in the environment overrides the build's source folder (for running the
+// test binary on another machine).
+const std::string kDir = absl::StrCat(
+    std::getenv("MEMTRAIN_SOURCE_DIR") ? std::getenv("MEMTRAIN_SOURCE_DIR") : MEMTRAIN_SOURCE_DIR,
+    "/tests/golden/data/");
 
 // Reads the named-tensor file written by make_gpt2_golden.py.
 std::map<std::string, std::vector<float>> ReadGolden(const std::string& path) {
