@@ -35,6 +35,32 @@ int64_t LlmcNumParams(const GPT2Config& c) {
          C + C;
 }
 
+// An open llm.c file with its 256-int header read and its magic number checked.
+struct HeaderedFile {
+  File file;
+  int32_t header[kHeaderInts];
+  int64_t size;
+};
+
+absl::StatusOr<HeaderedFile> OpenLlmcFile(const std::string& path, int32_t magic,
+                                          const char* kind) {
+  HeaderedFile hf;
+  MT_ASSIGN_OR_RETURN(hf.size, FileSize(path));
+  if (hf.size < kHeaderBytes) {
+    return absl::DataLossError(
+        absl::StrFormat("%s: %d bytes is too small for an llm.c %s (the header alone is %d bytes)",
+                        path, hf.size, kind, kHeaderBytes));
+  }
+  MT_ASSIGN_OR_RETURN(hf.file, OpenForRead(path));
+  MT_RETURN_IF_ERROR(ReadAll(hf.file.get(), hf.header, sizeof(hf.header), path));
+  if (hf.header[0] != magic) {
+    return absl::DataLossError(
+        absl::StrFormat("%s: bad magic number: expected %d (llm.c %s), found %d; is this a %s?",
+                        path, magic, kind, hf.header[0], kind));
+  }
+  return hf;
+}
+
 }  // namespace
 
 std::vector<LlmcTensor> LlmcTensors(GPT2& model, bool grads) {
@@ -63,21 +89,9 @@ std::vector<LlmcTensor> LlmcTensors(GPT2& model, bool grads) {
 }
 
 absl::StatusOr<GPT2Config> ReadLlmcHeader(const std::string& path) {
-  MT_ASSIGN_OR_RETURN(int64_t size, FileSize(path));
-  if (size < kHeaderBytes) {
-    return absl::DataLossError(absl::StrFormat(
-        "%s: %d bytes is too small for an llm.c checkpoint (the header alone is %d bytes)", path,
-        size, kHeaderBytes));
-  }
-  MT_ASSIGN_OR_RETURN(File f, OpenForRead(path));
-  int32_t h[kHeaderInts];
-  MT_RETURN_IF_ERROR(ReadAll(f.get(), h, sizeof(h), path));
-  if (h[0] != kLlmcCheckpointMagic) {
-    return absl::DataLossError(absl::StrFormat(
-        "%s: bad magic number: expected %d (llm.c checkpoint), found %d; is this a checkpoint "
-        "file?",
-        path, kLlmcCheckpointMagic, h[0]));
-  }
+  MT_ASSIGN_OR_RETURN(HeaderedFile hf, OpenLlmcFile(path, kLlmcCheckpointMagic, "checkpoint"));
+  const int32_t* h = hf.header;
+  const int64_t size = hf.size;
   if (h[1] != kLlmcCheckpointVersionF32) {
     return absl::DataLossError(absl::StrFormat(
         "%s: checkpoint version %d is not supported: expected %d (fp32)%s", path, h[1],
@@ -169,20 +183,9 @@ absl::Status WriteLlmcCheckpoint(GPT2& model, const std::string& path) {
 }
 
 absl::StatusOr<TokenFile> TokenFile::Open(const std::string& path) {
-  MT_ASSIGN_OR_RETURN(int64_t size, FileSize(path));
-  if (size < kHeaderBytes) {
-    return absl::DataLossError(absl::StrFormat(
-        "%s: %d bytes is too small for an llm.c token file (the header alone is %d bytes)", path,
-        size, kHeaderBytes));
-  }
-  MT_ASSIGN_OR_RETURN(File f, OpenForRead(path));
-  int32_t h[kHeaderInts];
-  MT_RETURN_IF_ERROR(ReadAll(f.get(), h, sizeof(h), path));
-  if (h[0] != kLlmcTokensMagic) {
-    return absl::DataLossError(absl::StrFormat(
-        "%s: bad magic number: expected %d (llm.c token file), found %d; is this a token file?",
-        path, kLlmcTokensMagic, h[0]));
-  }
+  MT_ASSIGN_OR_RETURN(HeaderedFile hf, OpenLlmcFile(path, kLlmcTokensMagic, "token file"));
+  const int32_t* h = hf.header;
+  const int64_t size = hf.size;
   if (h[1] != kLlmcTokensVersion) {
     return absl::DataLossError(
         absl::StrFormat("%s: token file version %d, expected %d", path, h[1], kLlmcTokensVersion));
@@ -197,7 +200,7 @@ absl::StatusOr<TokenFile> TokenFile::Open(const std::string& path) {
   TokenFile t;
   t.path_ = path;
   t.tokens_.resize(ntok);
-  MT_RETURN_IF_ERROR(ReadAll(f.get(), t.tokens_.data(), 2 * ntok, path));
+  MT_RETURN_IF_ERROR(ReadAll(hf.file.get(), t.tokens_.data(), 2 * ntok, path));
   return t;
 }
 
