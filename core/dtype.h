@@ -11,7 +11,7 @@
 
 namespace memtrain::core {
 
-enum class DType : uint8_t { kF32, kBF16, kI32, kU16 };
+enum class DType : uint8_t { kF32, kBF16, kI32, kU16, kF64, kU8 };
 
 constexpr size_t DTypeSize(DType t) {
   switch (t) {
@@ -21,6 +21,10 @@ constexpr size_t DTypeSize(DType t) {
     case DType::kBF16:
     case DType::kU16:
       return 2;
+    case DType::kF64:
+      return 8;
+    case DType::kU8:
+      return 1;
   }
   return 0;
 }

@@ -17,6 +17,10 @@ const char* DTypeName(DType t) {
       return "i32";
     case DType::kU16:
       return "u16";
+    case DType::kF64:
+      return "f64";
+    case DType::kU8:
+      return "u8";
   }
   return "?";
 }

@@ -1,0 +1,316 @@
+// The MPI communicator. All MPI calls of the process run on one executor thread, in the order
+// they were issued: collectives become asynchronous (the caller computes while the thread
+// communicates), MPI only needs MPI_THREAD_SERIALIZED, and the order is the same on every rank
+// as long as the ranks issue operations in the same order. If the library grants less than
+// SERIALIZED, operations run on the calling thread instead (correct, without overlap).
+#include <mpi.h>
+
+#include <climits>
+#include <condition_variable>
+#include <deque>
+#include <mutex>
+#include <thread>
+
+#include "absl/strings/str_format.h"
+#include "core/status.h"
+#include "parallel/communicator.h"
+
+// The one place MPI return codes become Status.
+#define MT_MPI_RETURN_IF_ERROR(call)                                                       \
+  do {                                                                                     \
+    int mt_mpi_rc_ = (call);                                                               \
+    if (mt_mpi_rc_ != MPI_SUCCESS) {                                                       \
+      char mt_msg_[MPI_MAX_ERROR_STRING];                                                  \
+      int mt_len_ = 0;                                                                     \
+      MPI_Error_string(mt_mpi_rc_, mt_msg_, &mt_len_);                                     \
+      return absl::UnavailableError(absl::StrFormat("%s failed: %s; check that every rank " \
+                                                    "is alive and issues the same calls",   \
+                                                    #call, std::string(mt_msg_, mt_len_))); \
+    }                                                                                      \
+  } while (0)
+
+namespace memtrain::parallel {
+namespace {
+
+using Op = std::function<absl::Status()>;
+
+// Runs every MPI call of the process, in order.
+class Executor {
+ public:
+  static Executor& Get() {
+    static Executor* e = new Executor;
+    return *e;
+  }
+
+  absl::Status Init() {
+    std::lock_guard<std::mutex> lock(init_mu_);
+    if (initialized_) return init_status_;
+    initialized_ = true;
+    int already = 0;
+    MPI_Initialized(&already);
+    int provided = MPI_THREAD_SINGLE;
+    int rc = already ? MPI_Query_thread(&provided)
+                     : MPI_Init_thread(nullptr, nullptr, MPI_THREAD_SERIALIZED, &provided);
+    if (rc != MPI_SUCCESS) {
+      init_status_ = absl::UnavailableError("MPI_Init_thread failed; is the job started by mpirun?");
+      return init_status_;
+    }
+    owns_mpi_ = !already;
+    MPI_Comm_set_errhandler(MPI_COMM_WORLD, MPI_ERRORS_RETURN);
+    if (provided >= MPI_THREAD_SERIALIZED) thread_ = std::thread([this] { Loop(); });
+    return init_status_;
+  }
+
+  Work Submit(Op op) {
+    auto promise = std::make_shared<std::promise<absl::Status>>();
+    Work w(promise->get_future().share());
+    if (!thread_.joinable()) {
+      promise->set_value(op());
+      return w;
+    }
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      queue_.emplace_back([op = std::move(op), promise] { promise->set_value(op()); });
+    }
+    cv_.notify_one();
+    return w;
+  }
+
+  void Shutdown() {
+    if (thread_.joinable()) {
+      {
+        std::lock_guard<std::mutex> lock(mu_);
+        stop_ = true;
+      }
+      cv_.notify_one();
+      thread_.join();
+    }
+    int finalized = 0;
+    MPI_Finalized(&finalized);
+    if (owns_mpi_ && !finalized) MPI_Finalize();
+  }
+
+  bool initialized() const { return initialized_; }
+
+ private:
+  void Loop() {
+    for (;;) {
+      std::function<void()> job;
+      {
+        std::unique_lock<std::mutex> lock(mu_);
+        cv_.wait(lock, [this] { return stop_ || !queue_.empty(); });
+        if (queue_.empty()) return;  // stop_ and drained
+        job = std::move(queue_.front());
+        queue_.pop_front();
+      }
+      job();
+    }
+  }
+
+  std::mutex init_mu_;
+  bool initialized_ = false;
+  bool owns_mpi_ = false;
+  absl::Status init_status_;
+  std::thread thread_;
+  std::mutex mu_;
+  std::condition_variable cv_;
+  std::deque<std::function<void()>> queue_;
+  bool stop_ = false;
+};
+
+MPI_Datatype ToMpi(core::DType t) {
+  switch (t) {
+    case core::DType::kF32:
+      return MPI_FLOAT;
+    case core::DType::kF64:
+      return MPI_DOUBLE;
+    case core::DType::kI32:
+      return MPI_INT32_T;
+    case core::DType::kU16:
+    case core::DType::kBF16:
+      return MPI_UINT16_T;
+    case core::DType::kU8:
+      return MPI_UINT8_T;
+  }
+  return MPI_BYTE;
+}
+
+MPI_Op ToMpi(ReduceOp op) {
+  switch (op) {
+    case ReduceOp::kSum:
+      return MPI_SUM;
+    case ReduceOp::kMax:
+      return MPI_MAX;
+    case ReduceOp::kMin:
+      return MPI_MIN;
+  }
+  return MPI_SUM;
+}
+
+absl::Status CheckCount(int64_t n, const char* what) {
+  if (n < 0 || n > INT_MAX) {
+    return absl::InvalidArgumentError(
+        absl::StrFormat("%s: %d elements exceed MPI's int count; split the buffer", what, n));
+  }
+  return absl::OkStatus();
+}
+
+std::vector<int> ToInts(const std::vector<int64_t>& v) { return std::vector<int>(v.begin(), v.end()); }
+
+class MpiCommunicator : public Communicator {
+ public:
+  explicit MpiCommunicator(MPI_Comm comm) : comm_(comm) {
+    // Even local MPI calls go through the executor: only one thread may be inside MPI.
+    Executor::Get()
+        .Submit([this] {
+          MPI_Comm_rank(comm_, &rank_);
+          MPI_Comm_size(comm_, &size_);
+          return absl::OkStatus();
+        })
+        .Wait()
+        .IgnoreError();
+  }
+  ~MpiCommunicator() override {
+    if (comm_ != MPI_COMM_WORLD) {
+      MPI_Comm c = comm_;
+      Executor::Get().Submit([c]() mutable {
+        MPI_Comm_free(&c);
+        return absl::OkStatus();
+      }).Wait().IgnoreError();
+    }
+  }
+  int rank() const override { return rank_; }
+  int size() const override { return size_; }
+
+  Work AllReduce(void* data, int64_t count, core::DType dtype, ReduceOp op) override {
+    MPI_Comm comm = comm_;
+    return Executor::Get().Submit([=]() -> absl::Status {
+      // MPI counts are ints: reduce in chunks of at most 2^30 elements.
+      const int64_t chunk = int64_t{1} << 30;
+      char* p = static_cast<char*>(data);
+      for (int64_t off = 0; off < count; off += chunk) {
+        int n = static_cast<int>(std::min(chunk, count - off));
+        MT_MPI_RETURN_IF_ERROR(MPI_Allreduce(MPI_IN_PLACE, p + off * core::DTypeSize(dtype), n,
+                                             ToMpi(dtype), ToMpi(op), comm));
+      }
+      return absl::OkStatus();
+    });
+  }
+
+  Work AllGather(const void* send, void* recv, int64_t count, core::DType dtype) override {
+    MPI_Comm comm = comm_;
+    return Executor::Get().Submit([=]() -> absl::Status {
+      MT_RETURN_IF_ERROR(CheckCount(count, "AllGather"));
+      MT_MPI_RETURN_IF_ERROR(MPI_Allgather(send, static_cast<int>(count), ToMpi(dtype), recv,
+                                           static_cast<int>(count), ToMpi(dtype), comm));
+      return absl::OkStatus();
+    });
+  }
+
+  Work ReduceScatter(const void* send, void* recv, int64_t count, core::DType dtype,
+                     ReduceOp op) override {
+    MPI_Comm comm = comm_;
+    return Executor::Get().Submit([=]() -> absl::Status {
+      MT_RETURN_IF_ERROR(CheckCount(count, "ReduceScatter"));
+      MT_MPI_RETURN_IF_ERROR(MPI_Reduce_scatter_block(send, recv, static_cast<int>(count),
+                                                      ToMpi(dtype), ToMpi(op), comm));
+      return absl::OkStatus();
+    });
+  }
+
+  Work AllToAllV(const void* send, const std::vector<int64_t>& send_counts,
+                 const std::vector<int64_t>& send_displs, void* recv,
+                 const std::vector<int64_t>& recv_counts, const std::vector<int64_t>& recv_displs,
+                 core::DType dtype) override {
+    MPI_Comm comm = comm_;
+    const int n = size_;
+    return Executor::Get().Submit([=]() -> absl::Status {
+      for (const auto* v : {&send_counts, &send_displs, &recv_counts, &recv_displs}) {
+        if (static_cast<int>(v->size()) != n) {
+          return absl::InvalidArgumentError(
+              absl::StrFormat("AllToAllV: %d counts/displacements for %d ranks", v->size(), n));
+        }
+        for (int64_t x : *v) MT_RETURN_IF_ERROR(CheckCount(x, "AllToAllV"));
+      }
+      std::vector<int> sc = ToInts(send_counts), sd = ToInts(send_displs), rc = ToInts(recv_counts),
+                       rd = ToInts(recv_displs);
+      MT_MPI_RETURN_IF_ERROR(MPI_Alltoallv(send, sc.data(), sd.data(), ToMpi(dtype), recv,
+                                           rc.data(), rd.data(), ToMpi(dtype), comm));
+      return absl::OkStatus();
+    });
+  }
+
+  Work Broadcast(void* data, int64_t count, core::DType dtype, int root) override {
+    MPI_Comm comm = comm_;
+    return Executor::Get().Submit([=]() -> absl::Status {
+      const int64_t chunk = int64_t{1} << 30;
+      char* p = static_cast<char*>(data);
+      for (int64_t off = 0; off < count; off += chunk) {
+        int n = static_cast<int>(std::min(chunk, count - off));
+        MT_MPI_RETURN_IF_ERROR(
+            MPI_Bcast(p + off * core::DTypeSize(dtype), n, ToMpi(dtype), root, comm));
+      }
+      return absl::OkStatus();
+    });
+  }
+
+  Work Send(const void* data, int64_t count, core::DType dtype, int dst, int tag) override {
+    MPI_Comm comm = comm_;
+    return Executor::Get().Submit([=]() -> absl::Status {
+      MT_RETURN_IF_ERROR(CheckCount(count, "Send"));
+      MT_MPI_RETURN_IF_ERROR(MPI_Send(data, static_cast<int>(count), ToMpi(dtype), dst, tag, comm));
+      return absl::OkStatus();
+    });
+  }
+
+  Work Recv(void* data, int64_t count, core::DType dtype, int src, int tag) override {
+    MPI_Comm comm = comm_;
+    return Executor::Get().Submit([=]() -> absl::Status {
+      MT_RETURN_IF_ERROR(CheckCount(count, "Recv"));
+      MT_MPI_RETURN_IF_ERROR(MPI_Recv(data, static_cast<int>(count), ToMpi(dtype), src, tag, comm,
+                                      MPI_STATUS_IGNORE));
+      return absl::OkStatus();
+    });
+  }
+
+  Work Barrier() override {
+    MPI_Comm comm = comm_;
+    return Executor::Get().Submit([=]() -> absl::Status {
+      MT_MPI_RETURN_IF_ERROR(MPI_Barrier(comm));
+      return absl::OkStatus();
+    });
+  }
+
+  absl::StatusOr<std::unique_ptr<Communicator>> Split(int color, int key) override {
+    MPI_Comm comm = comm_;
+    MPI_Comm out = MPI_COMM_NULL;
+    MT_RETURN_IF_ERROR(Executor::Get()
+                           .Submit([&]() -> absl::Status {
+                             MT_MPI_RETURN_IF_ERROR(MPI_Comm_split(comm, color, key, &out));
+                             MPI_Comm_set_errhandler(out, MPI_ERRORS_RETURN);
+                             return absl::OkStatus();
+                           })
+                           .Wait());
+    return std::unique_ptr<Communicator>(new MpiCommunicator(out));
+  }
+
+ private:
+  MPI_Comm comm_;
+  int rank_ = 0, size_ = 1;
+};
+
+}  // namespace
+
+absl::StatusOr<std::unique_ptr<Communicator>> CreateWorldCommunicator() {
+  if (!LaunchedUnderMpi()) return CreateSelfCommunicator();
+  Executor& e = Executor::Get();
+  MT_RETURN_IF_ERROR(e.Submit([&e] { return e.Init(); }).Wait());
+  return std::unique_ptr<Communicator>(new MpiCommunicator(MPI_COMM_WORLD));
+}
+
+void ShutdownCommunication() {
+  Executor& e = Executor::Get();
+  if (e.initialized()) e.Shutdown();
+}
+
+}  // namespace memtrain::parallel

@@ -1,0 +1,98 @@
+// Data parallelism against a single-process run: W ranks with micro-batch B each must give the
+// same losses (1e-5 relative) and weights as one process with batch W*B over the same tokens,
+// which llm.c's batch order makes the concatenation of the ranks' batches.
+#include <gtest/gtest.h>
+#include <unistd.h>
+
+#include <cmath>
+#include <vector>
+
+#include "core/data_loader.h"
+#include "core/llmc.h"
+#include "optim/adamw.h"
+#include "parallel/data_parallel.h"
+#include "tests/core/test_util.h"
+#include "tests/parallel/mpi_test_env.h"
+
+namespace memtrain::parallel {
+namespace {
+
+using memtrain::testing::g_world;
+
+constexpr int kSteps = 10, B = 2, T = 16;
+
+core::GPT2Config Config() {
+  return {.max_seq_len = 32, .vocab_size = 64, .n_layer = 2, .n_head = 2, .n_embd = 32};
+}
+
+struct RunResult {
+  std::vector<float> losses;
+  std::vector<float> params;
+};
+
+// Trains kSteps steps over `comm` with micro-batch `b` and `accum` micro-steps per step.
+RunResult Train(Communicator* comm, const core::TokenFile& tokens, int b, int accum) {
+  auto model = core::GPT2::Create(Config()).value();
+  model->InitWeights(5);
+  EXPECT_TRUE(model->Prepare(b, T).ok());
+  auto loader = core::DataLoader::Create(&tokens, b, T, comm->rank(), comm->size()).value();
+  auto opt = optim::AdamW::Create(model.get(), {.weight_decay = 0.1f}).value();
+  core::Engine engine(model.get());
+  DataParallelHooks ddp(comm);
+  engine.AddHooks(&ddp);
+  std::vector<int32_t> in(b * T), tg(b * T);
+  core::Batch batch{in.data(), tg.data(), b, T};
+  RunResult r;
+  for (int step = 0; step < kSteps; ++step) {
+    engine.ZeroGrad();
+    double loss = 0;
+    for (int micro = 0; micro < accum; ++micro) {
+      loader.Next(in.data(), tg.data());
+      loss += engine.Forward(batch).value();
+      ddp.set_sync(micro == accum - 1);
+      engine.Backward(batch, 1.0f / (comm->size() * accum));
+    }
+    EXPECT_TRUE(ddp.Wait().ok());
+    loss /= accum;
+    EXPECT_TRUE(comm->AllReduce(&loss, 1, core::DType::kF64, ReduceOp::kSum).Wait().ok());
+    r.losses.push_back(static_cast<float>(loss / comm->size()));
+    opt.Step(1e-3f);
+  }
+  for (int s = 0; s < model->num_stages(); ++s) {
+    const core::Tensor& p = model->block(s).params();
+    r.params.insert(r.params.end(), p.f32(), p.f32() + p.numel());
+  }
+  return r;
+}
+
+TEST(DataParallelTest, MatchesOneProcessWithTheCombinedBatch) {
+  const int W = g_world->size();
+  std::vector<uint16_t> toks(kSteps * 2 * W * B * T + 1);
+  for (size_t i = 0; i < toks.size(); ++i) toks[i] = (i * 7 + i / 13) % 64;
+  const std::string path =
+      ::testing::TempDir() + "/dp_" + std::to_string(getpid()) + "_tokens.bin";
+  ASSERT_TRUE(core::WriteTokenFile(path, toks).ok());
+  auto tokens = core::TokenFile::Open(path).value();
+
+  RunResult dp = Train(g_world, tokens, B, /*accum=*/1);
+  // Every data-parallel rank holds the same weights.
+  std::vector<float> rank0 = dp.params;
+  ASSERT_TRUE(g_world->Broadcast(rank0.data(), rank0.size(), core::DType::kF32, 0).Wait().ok());
+  EXPECT_EQ(rank0, dp.params);
+
+  if (g_world->rank() == 0) {
+    auto self = CreateSelfCommunicator();
+    RunResult one = Train(self.get(), tokens, W * B, 1);
+    RunResult acc = Train(self.get(), tokens, B, /*accum=*/W);  // accumulation == wider batch
+    for (int s = 0; s < kSteps; ++s) {
+      EXPECT_NEAR(dp.losses[s], one.losses[s], 1e-5 * one.losses[s]) << "step " << s;
+      EXPECT_NEAR(acc.losses[s], one.losses[s], 1e-5 * one.losses[s]) << "step " << s;
+    }
+    EXPECT_TRUE(memtrain::testing::AllClose(dp.params, one.params, 1e-4));
+    EXPECT_TRUE(memtrain::testing::AllClose(acc.params, one.params, 1e-4));
+  }
+  EXPECT_TRUE(g_world->Barrier().Wait().ok());
+}
+
+}  // namespace
+}  // namespace memtrain::parallel
