@@ -27,6 +27,10 @@ class AdamW {
   void StepBlock(int stage, float lr);
 
   int64_t step() const { return step_; }
+  void set_step(int64_t step) { step_ = step; }
+  // Flat first and second moments of stage `s` (checkpointing).
+  const core::Tensor& m(int s) const { return m_[s]; }
+  const core::Tensor& v(int s) const { return v_[s]; }
   int64_t state_bytes() const;
   const core::cpu::AdamWHyper& hyper() const { return hyper_; }
 

@@ -157,22 +157,70 @@ TEST(DataLoaderTest, LlmcOrderAcrossRanksAndWrap) {
   for (int r = 0; r < W; ++r) {
     auto dl = DataLoader::Create(&*t, B, T, r, W);
     ASSERT_TRUE(dl.ok());
-    EXPECT_EQ(dl->num_batches(), 3);  // starts r*10, 30 + r*10, 60 + r*10; 90 + r*10 overruns
+    // Starts (k*W + r)*10 for k = 0, 1, 2 need 11 tokens each: 80 + 11 <= 100, but k = 3 gives
+    // 90 + r*10 + 11 > 100 for the last rank, so every rank wraps after 3 batches.
+    EXPECT_EQ(dl->num_batches(), 3);
     std::vector<int32_t> in(B * T), tg(B * T);
-    for (int s = 0; s < 4; ++s) {
+    for (int s = 0; s < 5; ++s) {
       dl->Next(in.data(), tg.data());
-      // Step s reads from token (s*W + r)*B*T, wrapping to the rank's start when it would overrun.
-      int64_t start = (int64_t(s) * W + r) * B * T;
-      if (start + B * T + 1 > 100) start = int64_t(r) * B * T;
+      const int64_t start = (int64_t(s % 3) * W + r) * B * T;
       for (int i = 0; i < B * T; ++i) {
         ASSERT_EQ(in[i], start + i) << "rank " << r << " step " << s;
         ASSERT_EQ(tg[i], start + i + 1);
       }
     }
+    // Seek reproduces the same batch as consuming that many.
+    std::vector<int32_t> in2(B * T), tg2(B * T);
+    auto again = DataLoader::Create(&*t, B, T, r, W).value();
+    again.Seek(4);
+    dl->Seek(4);
+    dl->Next(in.data(), tg.data());
+    again.Next(in2.data(), tg2.data());
+    EXPECT_EQ(in, in2);
   }
   auto too_short = DataLoader::Create(&*t, 4, 25, 0, 1);  // needs 101 tokens
   EXPECT_EQ(too_short.status().code(), absl::StatusCode::kInvalidArgument);
   EXPECT_NE(too_short.status().message().find(path), std::string::npos);
+}
+
+TEST(DataLoaderTest, ShuffledWindowsAreAPermutationSharedByRanks) {
+  std::vector<uint16_t> toks(241);
+  for (int i = 0; i < 241; ++i) toks[i] = i;
+  const std::string path = TempPath("dls.bin");
+  ASSERT_TRUE(WriteTokenFile(path, toks).ok());
+  auto t = TokenFile::Open(path).value();
+  const int B = 2, T = 10, W = 2;  // 24 windows, 6 batches per rank per epoch
+  std::vector<int> seen(24, 0);
+  std::vector<int32_t> first_epoch;
+  for (int r = 0; r < W; ++r) {
+    auto dl = DataLoader::Create(&t, B, T, r, W, /*shuffle_seed=*/7).value();
+    EXPECT_EQ(dl.num_batches(), 6);
+    std::vector<int32_t> in(B * T), tg(B * T);
+    for (int k = 0; k < 6; ++k) {
+      dl.Next(in.data(), tg.data());
+      for (int b = 0; b < B; ++b) {
+        ASSERT_EQ(in[b * T] % T, 0);  // window starts
+        for (int i = 0; i < T; ++i) {
+          ASSERT_EQ(in[b * T + i], in[b * T] + i);
+          ASSERT_EQ(tg[b * T + i], in[b * T] + i + 1);
+        }
+        ++seen[in[b * T] / T];
+      }
+      if (r == 0) first_epoch.insert(first_epoch.end(), in.begin(), in.end());
+    }
+  }
+  for (int w = 0; w < 24; ++w) EXPECT_EQ(seen[w], 1) << "window " << w;  // each exactly once
+  // A new epoch draws a new order; the same seed draws the same one.
+  auto a = DataLoader::Create(&t, B, T, 0, W, 7).value();
+  auto b = DataLoader::Create(&t, B, T, 0, W, 8).value();
+  std::vector<int32_t> ia(B * T), ib(B * T), tg(B * T);
+  a.Next(ia.data(), tg.data());
+  b.Next(ib.data(), tg.data());
+  EXPECT_TRUE(std::equal(ia.begin(), ia.end(), first_epoch.begin()));
+  EXPECT_NE(ia, ib);
+  a.Seek(6);
+  a.Next(ia.data(), tg.data());
+  EXPECT_FALSE(std::equal(ia.begin(), ia.end(), first_epoch.begin()));
 }
 
 }  // namespace

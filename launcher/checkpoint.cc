@@ -1,0 +1,230 @@
+#include "launcher/checkpoint.h"
+
+#include <dirent.h>
+#include <fcntl.h>
+#include <sys/stat.h>
+#include <unistd.h>
+#include <zlib.h>
+
+#include <algorithm>
+#include <filesystem>
+#include <fstream>
+#include <sstream>
+#include <vector>
+
+#include "absl/strings/match.h"
+#include "absl/strings/str_format.h"
+#include "core/file_util.h"
+#include "core/llmc.h"
+#include "nlohmann/json.hpp"
+
+namespace memtrain::launcher {
+namespace {
+
+namespace fs = std::filesystem;
+using Json = nlohmann::json;
+constexpr char kFormat[] = "memtrain-checkpoint/1";
+
+absl::StatusOr<std::string> ReadWholeFile(const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  if (!in) return absl::NotFoundError(absl::StrFormat("cannot read %s", path));
+  std::stringstream ss;
+  ss << in.rdbuf();
+  return ss.str();
+}
+
+uint32_t Crc32(const std::string& bytes) {
+  uLong c = crc32(0L, Z_NULL, 0);
+  const size_t chunk = 1 << 30;
+  for (size_t off = 0; off < bytes.size(); off += chunk) {
+    c = crc32(c, reinterpret_cast<const Bytef*>(bytes.data() + off),
+              static_cast<uInt>(std::min(chunk, bytes.size() - off)));
+  }
+  return static_cast<uint32_t>(c);
+}
+
+void FsyncDir(const std::string& dir) {
+  int fd = open(dir.c_str(), O_RDONLY | O_DIRECTORY);
+  if (fd >= 0) {
+    fsync(fd);
+    close(fd);
+  }
+}
+
+std::vector<core::NamedTensor> ModelTensors(core::GPT2& model) {
+  std::vector<core::NamedTensor> out;
+  for (int s = 0; s < model.num_stages(); ++s) {
+    const core::ParamBlock& b = model.block(s);
+    for (const core::ParamView& v : b.views()) {
+      out.push_back({b.name() + "." + v.name, b.param(v.name)});
+    }
+  }
+  return out;
+}
+
+Json ConfigJson(const core::GPT2Config& c) {
+  return {{"n_layer", c.n_layer},         {"n_head", c.n_head},
+          {"n_embd", c.n_embd},           {"vocab_size", c.vocab_size},
+          {"max_seq_len", c.max_seq_len}, {"padded_vocab_size", c.padded_vocab_size}};
+}
+
+std::string StepName(int64_t step) { return absl::StrFormat("step_%08d", step); }
+
+}  // namespace
+
+absl::Status SaveCheckpoint(const std::string& dir, int keep, const TrainState& state,
+                            core::GPT2& model, const optim::AdamW& opt) {
+  std::error_code ec;
+  fs::create_directories(dir, ec);
+  if (ec) {
+    return absl::PermissionDeniedError(
+        absl::StrFormat("checkpoint.dir = \"%s\": cannot create it: %s", dir, ec.message()));
+  }
+  const std::string name = StepName(state.step);
+  const std::string final_dir = dir + "/" + name;
+  const std::string tmp = absl::StrFormat("%s.tmp.%d", final_dir, getpid());
+  fs::remove_all(tmp, ec);
+  fs::create_directories(tmp, ec);
+  if (ec) return absl::PermissionDeniedError(absl::StrFormat("cannot create %s", tmp));
+
+  MT_RETURN_IF_ERROR(core::WriteSafetensors(tmp + "/model.safetensors", ModelTensors(model),
+                                            {{"format", "memtrain"}, {"model", "gpt2"}}));
+  std::vector<core::NamedTensor> moments;
+  for (int s = 0; s < model.num_stages(); ++s) {
+    moments.push_back({model.block(s).name() + ".m", opt.m(s)});
+    moments.push_back({model.block(s).name() + ".v", opt.v(s)});
+  }
+  MT_RETURN_IF_ERROR(core::WriteSafetensors(tmp + "/optimizer.safetensors", moments,
+                                            {{"optimizer", "adamw"},
+                                             {"step", std::to_string(opt.step())}}));
+  Json files = Json::object();
+  for (const char* f : {"model.safetensors", "optimizer.safetensors"}) {
+    MT_ASSIGN_OR_RETURN(std::string bytes, ReadWholeFile(tmp + "/" + f));
+    files[f] = {{"bytes", bytes.size()}, {"crc32", Crc32(bytes)}};
+  }
+  Json manifest = {{"format", kFormat},
+                   {"step", state.step},
+                   {"batches_consumed", state.batches_consumed},
+                   {"optimizer_step", opt.step()},
+                   {"model", ConfigJson(model.config())},
+                   {"files", files},
+                   {"job", state.job_text}};
+  const std::string text = manifest.dump(2);
+  MT_RETURN_IF_ERROR(core::WriteFileAtomically(tmp + "/state.json", [&](std::FILE* f) {
+    return core::WriteAll(f, text.data(), text.size(), tmp + "/state.json");
+  }));
+  FsyncDir(tmp);
+  // Replace an existing checkpoint of the same step only after the new one is complete.
+  const std::string old = final_dir + ".old";
+  if (fs::exists(final_dir)) fs::rename(final_dir, old, ec);
+  fs::rename(tmp, final_dir, ec);
+  if (ec) {
+    return absl::UnavailableError(
+        absl::StrFormat("rename %s -> %s failed: %s", tmp, final_dir, ec.message()));
+  }
+  fs::remove_all(old, ec);
+  FsyncDir(dir);
+  MT_RETURN_IF_ERROR(core::WriteFileAtomically(dir + "/latest", [&](std::FILE* f) {
+    return core::WriteAll(f, name.data(), name.size(), dir + "/latest");
+  }));
+  // Keep the newest `keep` complete checkpoints.
+  std::vector<std::string> steps;
+  for (const auto& e : fs::directory_iterator(dir, ec)) {
+    const std::string n = e.path().filename().string();
+    if (e.is_directory() && absl::StartsWith(n, "step_") && n.size() == 13) steps.push_back(n);
+  }
+  std::sort(steps.begin(), steps.end());
+  for (size_t i = 0; i + keep < steps.size(); ++i) fs::remove_all(dir + "/" + steps[i], ec);
+  return absl::OkStatus();
+}
+
+absl::StatusOr<std::string> LatestCheckpoint(const std::string& dir) {
+  absl::StatusOr<std::string> name = ReadWholeFile(dir + "/latest");
+  if (!name.ok()) {
+    return absl::NotFoundError(absl::StrFormat(
+        "no checkpoint to resume from: %s/latest does not exist; run without --resume first",
+        dir));
+  }
+  const std::string folder = dir + "/" + *name;
+  if (!fs::is_directory(folder)) {
+    return absl::DataLossError(absl::StrFormat(
+        "%s/latest names %s, which does not exist; remove %s/latest to start over", dir, folder,
+        dir));
+  }
+  return folder;
+}
+
+absl::StatusOr<LoadedCheckpoint> LoadCheckpoint(const std::string& folder) {
+  MT_ASSIGN_OR_RETURN(std::string text, ReadWholeFile(folder + "/state.json"));
+  Json m = Json::parse(text, nullptr, false);
+  auto bad = [&](const std::string& why) {
+    return absl::DataLossError(absl::StrFormat("checkpoint %s: %s", folder, why));
+  };
+  if (m.is_discarded() || !m.is_object() || m.value("format", "") != kFormat) {
+    return bad("state.json is missing, corrupt or of another format");
+  }
+  // Check every file before using any.
+  for (const char* f : {"model.safetensors", "optimizer.safetensors"}) {
+    if (!m["files"].contains(f)) return bad(absl::StrCat("state.json lists no ", f));
+    MT_ASSIGN_OR_RETURN(std::string bytes, ReadWholeFile(folder + "/" + f));
+    const int64_t want_bytes = m["files"][f]["bytes"].get<int64_t>();
+    const uint32_t want_crc = m["files"][f]["crc32"].get<uint32_t>();
+    if (static_cast<int64_t>(bytes.size()) != want_bytes) {
+      return bad(absl::StrFormat("%s is %d bytes, expected %d: truncated; use an older checkpoint",
+                                 f, bytes.size(), want_bytes));
+    }
+    if (Crc32(bytes) != want_crc) {
+      return bad(absl::StrFormat("%s fails its CRC-32 check (file corrupt); use an older "
+                                 "checkpoint",
+                                 f));
+    }
+  }
+  const Json& c = m["model"];
+  core::GPT2Config cfg{.max_seq_len = c["max_seq_len"].get<int>(),
+                       .vocab_size = c["vocab_size"].get<int>(),
+                       .padded_vocab_size = c["padded_vocab_size"].get<int>(),
+                       .n_layer = c["n_layer"].get<int>(),
+                       .n_head = c["n_head"].get<int>(),
+                       .n_embd = c["n_embd"].get<int>()};
+  LoadedCheckpoint out;
+  MT_ASSIGN_OR_RETURN(out.model, core::GPT2::Create(cfg));
+  MT_ASSIGN_OR_RETURN(core::SafetensorsFile weights,
+                      core::SafetensorsFile::Read(folder + "/model.safetensors"));
+  for (const core::NamedTensor& nt : ModelTensors(*out.model)) {
+    MT_RETURN_IF_ERROR(weights.CopyTo(nt.name, nt.tensor));
+  }
+  MT_ASSIGN_OR_RETURN(out.optimizer,
+                      core::SafetensorsFile::Read(folder + "/optimizer.safetensors"));
+  out.state.step = m["step"].get<int64_t>();
+  out.state.batches_consumed = m["batches_consumed"].get<int64_t>();
+  out.state.job_text = m.value("job", "");
+  return out;
+}
+
+absl::Status RestoreOptimizer(const LoadedCheckpoint& ckpt, optim::AdamW* opt) {
+  for (int s = 0; s < ckpt.model->num_stages(); ++s) {
+    const std::string& b = ckpt.model->block(s).name();
+    MT_RETURN_IF_ERROR(ckpt.optimizer.CopyTo(b + ".m", opt->m(s)));
+    MT_RETURN_IF_ERROR(ckpt.optimizer.CopyTo(b + ".v", opt->v(s)));
+  }
+  auto it = ckpt.optimizer.metadata().find("step");
+  if (it == ckpt.optimizer.metadata().end()) {
+    return absl::DataLossError("optimizer.safetensors has no step in its metadata");
+  }
+  opt->set_step(std::stoll(it->second));
+  return absl::OkStatus();
+}
+
+absl::StatusOr<std::unique_ptr<core::GPT2>> LoadModel(const std::string& path) {
+  if (fs::is_directory(path)) {
+    std::string folder = path;
+    if (!fs::exists(path + "/state.json")) {
+      MT_ASSIGN_OR_RETURN(folder, LatestCheckpoint(path));
+    }
+    MT_ASSIGN_OR_RETURN(LoadedCheckpoint c, LoadCheckpoint(folder));
+    return std::move(c.model);
+  }
+  return core::LoadLlmcCheckpoint(path);
+}
+
+}  // namespace memtrain::launcher

@@ -1,0 +1,55 @@
+// Training checkpoints: one folder per step, written atomically.
+//
+//   <dir>/step_00000100/model.safetensors      weights, named "<block>.<view>" (e.g. "h.3.qkvw")
+//   <dir>/step_00000100/optimizer.safetensors  AdamW moments, "<block>.m" / "<block>.v" (flat)
+//   <dir>/step_00000100/state.json             step, data position, model sizes, job spec, and
+//                                              the size and CRC-32 of both files
+//   <dir>/latest                               the name of the newest complete checkpoint
+//
+// The folder is assembled under a temporary name, every file fsynced, then renamed: a kill at any
+// moment leaves the previous checkpoint intact and `latest` pointing at a complete one. Loading
+// checks sizes and checksums first and refuses a damaged checkpoint with DataLoss.
+#ifndef MEMTRAIN_LAUNCHER_CHECKPOINT_H_
+#define MEMTRAIN_LAUNCHER_CHECKPOINT_H_
+
+#include <memory>
+#include <optional>
+#include <string>
+
+#include "absl/status/statusor.h"
+#include "core/model/gpt2.h"
+#include "core/safetensors.h"
+#include "optim/adamw.h"
+
+namespace memtrain::launcher {
+
+struct TrainState {
+  int64_t step = 0;              // optimizer steps completed
+  int64_t batches_consumed = 0;  // training micro-batches this rank's loader returned
+  std::string job_text;          // the effective job spec, for the record
+};
+
+// Writes <dir>/step_NNNNNNNN and updates <dir>/latest; keeps the newest `keep` checkpoints.
+absl::Status SaveCheckpoint(const std::string& dir, int keep, const TrainState& state,
+                            core::GPT2& model, const optim::AdamW& opt);
+
+// The newest checkpoint folder in `dir` (from <dir>/latest); NotFound if there is none.
+absl::StatusOr<std::string> LatestCheckpoint(const std::string& dir);
+
+struct LoadedCheckpoint {
+  std::unique_ptr<core::GPT2> model;
+  TrainState state;
+  core::SafetensorsFile optimizer;
+};
+
+// Loads a checkpoint folder (step_NNNNNNNN). Verifies sizes and checksums before using anything.
+absl::StatusOr<LoadedCheckpoint> LoadCheckpoint(const std::string& folder);
+// Copies the saved AdamW moments and step count into `opt`.
+absl::Status RestoreOptimizer(const LoadedCheckpoint& ckpt, optim::AdamW* opt);
+
+// A model from an llm.c file or a memtrain checkpoint folder (weights only).
+absl::StatusOr<std::unique_ptr<core::GPT2>> LoadModel(const std::string& path);
+
+}  // namespace memtrain::launcher
+
+#endif  // MEMTRAIN_LAUNCHER_CHECKPOINT_H_

@@ -1,0 +1,64 @@
+#include "launcher/sample.h"
+
+#include <algorithm>
+#include <cmath>
+#include <numeric>
+#include <vector>
+
+#include "absl/strings/str_format.h"
+#include "core/engine.h"
+#include "core/philox.h"
+
+namespace memtrain::launcher {
+
+absl::StatusOr<std::string> Sample(core::GPT2& model, const SampleOptions& o) {
+  const core::GPT2Config& c = model.config();
+  if (c.vocab_size != 256) {
+    return absl::InvalidArgumentError(absl::StrFormat(
+        "sample decodes byte-level models (vocab_size 256); this one has vocab_size %d",
+        c.vocab_size));
+  }
+  std::vector<int32_t> ctx;
+  for (unsigned char ch : o.prompt) ctx.push_back(ch);
+  if (ctx.empty()) ctx.push_back('\n');
+  // One fixed window: causal attention makes the logits at position i depend on tokens <= i only,
+  // so the unused tail of the window can hold anything.
+  const int T = std::min<int>(c.max_seq_len, static_cast<int>(ctx.size()) + o.tokens);
+  MT_RETURN_IF_ERROR(model.Prepare(1, T));
+  core::Engine engine(&model);
+  std::vector<int32_t> window(T, 0);
+  std::string out = o.prompt;
+  std::vector<float> probs(c.vocab_size);
+  std::vector<int> order(c.vocab_size);
+  for (int n = 0; n < o.tokens; ++n) {
+    const int len = std::min<int>(T, static_cast<int>(ctx.size()));
+    std::copy(ctx.end() - len, ctx.end(), window.begin());
+    MT_RETURN_IF_ERROR(engine.Forward({window.data(), nullptr, 1, T}).status());
+    const float* logits = model.logits().f32() + static_cast<int64_t>(len - 1) * c.padded_vocab_size;
+    int next = 0;
+    if (o.temperature <= 0.0f) {
+      next = static_cast<int>(std::max_element(logits, logits + c.vocab_size) - logits);
+    } else {
+      std::iota(order.begin(), order.end(), 0);
+      const int k = o.top_k > 0 ? std::min(o.top_k, c.vocab_size) : c.vocab_size;
+      std::partial_sort(order.begin(), order.begin() + k, order.end(),
+                        [&](int a, int b) { return logits[a] > logits[b]; });
+      const float mx = logits[order[0]];
+      double sum = 0;
+      for (int i = 0; i < k; ++i) sum += probs[i] = std::exp((logits[order[i]] - mx) / o.temperature);
+      double u = core::PhiloxUniform(o.seed, 0, n) * sum;
+      next = order[k - 1];
+      for (int i = 0; i < k; ++i) {
+        if ((u -= probs[i]) < 0) {
+          next = order[i];
+          break;
+        }
+      }
+    }
+    ctx.push_back(next);
+    out.push_back(static_cast<char>(next));
+  }
+  return out;
+}
+
+}  // namespace memtrain::launcher

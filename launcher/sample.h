@@ -1,0 +1,28 @@
+// Text generation from a byte-level GPT-2 (vocab_size 256: token = byte).
+//
+//   SampleOptions o{.prompt = "In the beginning", .tokens = 200};
+//   MT_ASSIGN_OR_RETURN(std::string text, Sample(*model, o));
+#ifndef MEMTRAIN_LAUNCHER_SAMPLE_H_
+#define MEMTRAIN_LAUNCHER_SAMPLE_H_
+
+#include <string>
+
+#include "absl/status/statusor.h"
+#include "core/model/gpt2.h"
+
+namespace memtrain::launcher {
+
+struct SampleOptions {
+  std::string prompt = "\n";
+  int tokens = 256;          // bytes to generate
+  float temperature = 0.8f;  // 0 = greedy
+  int top_k = 0;             // 0 = all tokens
+  uint64_t seed = 1;         // Philox seed of the draws
+};
+
+// The prompt followed by the generated text. InvalidArgument if the model is not byte-level.
+absl::StatusOr<std::string> Sample(core::GPT2& model, const SampleOptions& options);
+
+}  // namespace memtrain::launcher
+
+#endif  // MEMTRAIN_LAUNCHER_SAMPLE_H_

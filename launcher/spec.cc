@@ -1,0 +1,281 @@
+#include "launcher/spec.h"
+
+#include <sys/stat.h>
+
+#include <fstream>
+#include <sstream>
+#include <vector>
+
+#include "absl/strings/str_format.h"
+#include "absl/strings/str_join.h"
+#include "absl/strings/str_split.h"
+#include "core/status.h"
+#include "google/protobuf/io/tokenizer.h"
+#include "google/protobuf/text_format.h"
+
+namespace memtrain::launcher {
+namespace {
+
+namespace pb = google::protobuf;
+
+class Collector : public pb::io::ErrorCollector {
+ public:
+  explicit Collector(std::string name) : name_(std::move(name)) {}
+  void AddError(int line, pb::io::ColumnNumber column, const std::string& message) override {
+    if (first_.empty()) {
+      first_ = absl::StrFormat("%s:%d:%d: %s", name_, line + 1, column + 1, message);
+    }
+  }
+  void AddWarning(int, pb::io::ColumnNumber, const std::string&) override {}
+  const std::string& first() const { return first_; }
+
+ private:
+  std::string name_;
+  std::string first_;
+};
+
+// Recursively sets unset singular fields of `msg` to their defaults; sub-messages are completed
+// only where present (a oneof keeps its chosen member).
+void FillMessage(pb::Message* msg) {
+  const pb::Descriptor* d = msg->GetDescriptor();
+  const pb::Reflection* r = msg->GetReflection();
+  for (int i = 0; i < d->field_count(); ++i) {
+    const pb::FieldDescriptor* f = d->field(i);
+    if (f->is_repeated()) continue;
+    if (f->cpp_type() == pb::FieldDescriptor::CPPTYPE_MESSAGE) {
+      if (f->containing_oneof() != nullptr && !r->HasField(*msg, f)) continue;
+      FillMessage(r->MutableMessage(msg, f));
+      continue;
+    }
+    if (f->containing_oneof() != nullptr || r->HasField(*msg, f)) continue;
+    switch (f->cpp_type()) {
+      case pb::FieldDescriptor::CPPTYPE_INT32:
+        r->SetInt32(msg, f, f->default_value_int32());
+        break;
+      case pb::FieldDescriptor::CPPTYPE_INT64:
+        r->SetInt64(msg, f, f->default_value_int64());
+        break;
+      case pb::FieldDescriptor::CPPTYPE_UINT32:
+        r->SetUInt32(msg, f, f->default_value_uint32());
+        break;
+      case pb::FieldDescriptor::CPPTYPE_UINT64:
+        r->SetUInt64(msg, f, f->default_value_uint64());
+        break;
+      case pb::FieldDescriptor::CPPTYPE_FLOAT:
+        r->SetFloat(msg, f, f->default_value_float());
+        break;
+      case pb::FieldDescriptor::CPPTYPE_DOUBLE:
+        r->SetDouble(msg, f, f->default_value_double());
+        break;
+      case pb::FieldDescriptor::CPPTYPE_BOOL:
+        r->SetBool(msg, f, f->default_value_bool());
+        break;
+      case pb::FieldDescriptor::CPPTYPE_ENUM:
+        r->SetEnum(msg, f, f->default_value_enum());
+        break;
+      case pb::FieldDescriptor::CPPTYPE_STRING:
+        r->SetString(msg, f, f->default_value_string());
+        break;
+      case pb::FieldDescriptor::CPPTYPE_MESSAGE:
+        break;
+    }
+  }
+}
+
+absl::Status Bad(const std::string& field, const std::string& value, const std::string& why) {
+  return absl::InvalidArgumentError(absl::StrFormat("%s = %s: %s", field, value, why));
+}
+
+absl::Status AtLeast(const char* field, int64_t v, int64_t lo) {
+  if (v >= lo) return absl::OkStatus();
+  return Bad(field, absl::StrCat(v), absl::StrFormat("must be >= %d", lo));
+}
+
+bool FileExists(const std::string& p) {
+  struct stat st;
+  return stat(p.c_str(), &st) == 0;
+}
+
+}  // namespace
+
+absl::StatusOr<Job> ParseJobText(const std::string& text, const std::string& name) {
+  Job job;
+  pb::TextFormat::Parser parser;
+  Collector errors(name);
+  parser.RecordErrorsTo(&errors);
+  if (!parser.ParseFromString(text, &job)) {
+    return absl::InvalidArgumentError(
+        errors.first().empty() ? absl::StrCat(name, ": cannot parse the job spec") : errors.first());
+  }
+  return job;
+}
+
+absl::StatusOr<Job> ParseJobFile(const std::string& path) {
+  std::ifstream in(path);
+  if (!in) {
+    return absl::NotFoundError(
+        absl::StrFormat("cannot read job spec %s; check the path", path));
+  }
+  std::stringstream ss;
+  ss << in.rdbuf();
+  return ParseJobText(ss.str(), path);
+}
+
+absl::Status ApplyOverride(Job* job, const std::string& assignment) {
+  const size_t eq = assignment.find('=');
+  if (eq == std::string::npos || eq == 0) {
+    return absl::InvalidArgumentError(absl::StrFormat(
+        "--set %s: expected field.path=value, e.g. --set train.steps=10", assignment));
+  }
+  const std::string path = assignment.substr(0, eq), value = assignment.substr(eq + 1);
+  pb::Message* msg = job;
+  std::vector<std::string> parts = absl::StrSplit(path, '.');
+  for (size_t i = 0; i < parts.size(); ++i) {
+    const pb::FieldDescriptor* f = msg->GetDescriptor()->FindFieldByName(parts[i]);
+    if (f == nullptr || f->is_repeated()) {
+      std::string known;
+      for (int k = 0; k < msg->GetDescriptor()->field_count(); ++k) {
+        absl::StrAppend(&known, k ? ", " : "", msg->GetDescriptor()->field(k)->name());
+      }
+      return absl::InvalidArgumentError(absl::StrFormat(
+          "--set %s: %s has no field \"%s\" (fields: %s)", assignment,
+          i == 0 ? "the job" : absl::StrJoin(parts.begin(), parts.begin() + i, "."), parts[i],
+          known));
+    }
+    const pb::Reflection* r = msg->GetReflection();
+    if (i + 1 < parts.size()) {
+      if (f->cpp_type() != pb::FieldDescriptor::CPPTYPE_MESSAGE) {
+        return absl::InvalidArgumentError(absl::StrFormat(
+            "--set %s: %s is a value, not a section", assignment, parts[i]));
+      }
+      msg = r->MutableMessage(msg, f);
+      continue;
+    }
+    if (f->cpp_type() == pb::FieldDescriptor::CPPTYPE_STRING &&
+        (value.empty() || value.front() != '"')) {
+      r->SetString(msg, f, value);  // unquoted strings are taken as they are
+      return absl::OkStatus();
+    }
+    if (!pb::TextFormat::ParseFieldValueFromString(value, f, msg)) {
+      return absl::InvalidArgumentError(absl::StrFormat(
+          "--set %s: \"%s\" is not a valid %s for %s", assignment, value, f->type_name(), path));
+    }
+  }
+  return absl::OkStatus();
+}
+
+void FillDefaults(Job* job) {
+  job->mutable_model();
+  job->mutable_data();
+  job->mutable_train();
+  if (job->optimizer().kind_case() == Optimizer::KIND_NOT_SET) {
+    job->mutable_optimizer()->mutable_adamw();
+  }
+  job->mutable_schedule();
+  job->mutable_parallel();
+  job->mutable_checkpoint();
+  job->mutable_output();
+  if (job->model().source_case() == Model::SOURCE_NOT_SET) job->mutable_model()->mutable_gpt();
+  FillMessage(job);
+}
+
+absl::Status ValidateJob(const Job& job, int world_size) {
+  if (job.model().has_gpt()) {
+    core::GPT2Config c = ToGPT2Config(job.model().gpt());
+    MT_RETURN_IF_ERROR(c.Validate());
+    if (job.train().seq_len() > c.max_seq_len) {
+      return Bad("train.seq_len", absl::StrCat(job.train().seq_len()),
+                 absl::StrFormat("exceeds model.gpt.max_seq_len = %d; lower it or raise "
+                                 "max_seq_len",
+                                 c.max_seq_len));
+    }
+  } else if (job.model().init_from().empty()) {
+    return Bad("model.init_from", "\"\"", "give a checkpoint path or a model.gpt section");
+  }
+  if (job.data().train_tokens().empty()) {
+    return Bad("data.train_tokens", "\"\"",
+               "required: an llm.c token file (make one with make_tokens)");
+  }
+  const Train& t = job.train();
+  MT_RETURN_IF_ERROR(AtLeast("train.steps", t.steps(), 1));
+  MT_RETURN_IF_ERROR(AtLeast("train.batch_size", t.batch_size(), 1));
+  MT_RETURN_IF_ERROR(AtLeast("train.seq_len", t.seq_len(), 1));
+  MT_RETURN_IF_ERROR(AtLeast("train.grad_accum", t.grad_accum(), 1));
+  MT_RETURN_IF_ERROR(AtLeast("train.eval_every", t.eval_every(), 0));
+  MT_RETURN_IF_ERROR(AtLeast("train.eval_batches", t.eval_batches(), 1));
+  MT_RETURN_IF_ERROR(AtLeast("train.log_every", t.log_every(), 1));
+  if (job.optimizer().has_adamw()) {
+    const AdamW& a = job.optimizer().adamw();
+    if (!(a.lr() > 0)) return Bad("optimizer.adamw.lr", absl::StrCat(a.lr()), "must be > 0");
+    if (!(a.beta1() >= 0 && a.beta1() < 1)) {
+      return Bad("optimizer.adamw.beta1", absl::StrCat(a.beta1()), "must be in [0, 1)");
+    }
+    if (!(a.beta2() >= 0 && a.beta2() < 1)) {
+      return Bad("optimizer.adamw.beta2", absl::StrCat(a.beta2()), "must be in [0, 1)");
+    }
+    if (!(a.eps() > 0)) return Bad("optimizer.adamw.eps", absl::StrCat(a.eps()), "must be > 0");
+    if (!(a.weight_decay() >= 0)) {
+      return Bad("optimizer.adamw.weight_decay", absl::StrCat(a.weight_decay()), "must be >= 0");
+    }
+  }
+  const Schedule& s = job.schedule();
+  MT_RETURN_IF_ERROR(AtLeast("schedule.warmup_steps", s.warmup_steps(), 0));
+  if (!(s.min_lr_ratio() >= 0 && s.min_lr_ratio() <= 1)) {
+    return Bad("schedule.min_lr_ratio", absl::StrCat(s.min_lr_ratio()), "must be in [0, 1]");
+  }
+  const Parallel& p = job.parallel();
+  MT_RETURN_IF_ERROR(AtLeast("parallel.data", p.data(), 1));
+  MT_RETURN_IF_ERROR(AtLeast("parallel.sequence", p.sequence(), 1));
+  MT_RETURN_IF_ERROR(AtLeast("parallel.perturbation", p.perturbation(), 1));
+  if (p.sequence() != 1) {
+    return Bad("parallel.sequence", absl::StrCat(p.sequence()),
+               "sequence parallelism is not implemented yet; set it to 1");
+  }
+  if (p.perturbation() != 1) {
+    return Bad("parallel.perturbation", absl::StrCat(p.perturbation()),
+               "perturbation parallelism needs a zeroth-order optimizer, not available yet; set "
+               "it to 1");
+  }
+  const int64_t product = int64_t{p.data()} * p.sequence() * p.perturbation();
+  if (product != world_size) {
+    return absl::InvalidArgumentError(absl::StrFormat(
+        "parallel.data * parallel.sequence * parallel.perturbation = %d * %d * %d = %d but the "
+        "job was started with %d ranks; use mpirun -np %d or set parallel.data = %d",
+        p.data(), p.sequence(), p.perturbation(), product, world_size, product,
+        world_size / (p.sequence() * p.perturbation())));
+  }
+  const Checkpoint& c = job.checkpoint();
+  MT_RETURN_IF_ERROR(AtLeast("checkpoint.every", c.every(), 0));
+  MT_RETURN_IF_ERROR(AtLeast("checkpoint.keep", c.keep(), 1));
+  return absl::OkStatus();
+}
+
+absl::Status ValidateFiles(const Job& job) {
+  auto need = [](const char* field, const std::string& path) -> absl::Status {
+    if (path.empty() || FileExists(path)) return absl::OkStatus();
+    return absl::NotFoundError(absl::StrFormat(
+        "%s = \"%s\": no such file; check the path (relative to the current directory)", field,
+        path));
+  };
+  MT_RETURN_IF_ERROR(need("data.train_tokens", job.data().train_tokens()));
+  MT_RETURN_IF_ERROR(need("data.val_tokens", job.data().val_tokens()));
+  MT_RETURN_IF_ERROR(need("model.init_from", job.model().init_from()));
+  return absl::OkStatus();
+}
+
+std::string JobToText(const Job& job) {
+  std::string out;
+  pb::TextFormat::PrintToString(job, &out);
+  return out;
+}
+
+core::GPT2Config ToGPT2Config(const Gpt& g) {
+  return {.max_seq_len = g.max_seq_len(),
+          .vocab_size = g.vocab_size(),
+          .padded_vocab_size = g.padded_vocab_size(),
+          .n_layer = g.n_layer(),
+          .n_head = g.n_head(),
+          .n_embd = g.n_embd()};
+}
+
+}  // namespace memtrain::launcher

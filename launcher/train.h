@@ -1,0 +1,28 @@
+// The training loop behind `trainer job.pbtxt`: builds the model, data, optimizer and process
+// grid from a validated job, trains with data parallelism and gradient accumulation, evaluates,
+// logs (progress line + JSON Lines metrics on rank 0) and checkpoints.
+#ifndef MEMTRAIN_LAUNCHER_TRAIN_H_
+#define MEMTRAIN_LAUNCHER_TRAIN_H_
+
+#include <cstdint>
+
+#include "absl/status/status.h"
+#include "launcher/job.pb.h"
+#include "parallel/communicator.h"
+
+namespace memtrain::launcher {
+
+struct TrainOptions {
+  bool resume = false;     // continue from checkpoint.dir/latest
+  int64_t stop_after = 0;  // end the run after this step (with a checkpoint), as a preemption
+  bool quiet = false;      // no progress output (metrics are still written)
+};
+
+// `job` must be filled (FillDefaults) and validated (ValidateJob) for world->size() ranks.
+// Every rank calls it. Errors are agreed over all ranks before the first collective of the loop.
+absl::Status RunTraining(const Job& job, const TrainOptions& options,
+                         parallel::Communicator* world);
+
+}  // namespace memtrain::launcher
+
+#endif  // MEMTRAIN_LAUNCHER_TRAIN_H_

@@ -1,0 +1,189 @@
+// trainer: runs memtrain jobs.
+//
+//   mpirun -np N trainer JOB.pbtxt [--set field.path=value ...] [--check] [--resume]
+//   trainer sample CHECKPOINT [--prompt TEXT] [--tokens N] [--temperature X] [--top_k K] [--seed S]
+//   trainer export CHECKPOINT OUT.bin
+//
+// Exit codes: 0 done; 2 bad input (usage, job spec, files), nothing written; 1 failure while
+// running.
+#include <cstdio>
+#include <cstring>
+#include <string>
+#include <vector>
+
+#include "absl/strings/numbers.h"
+#include "absl/strings/str_format.h"
+#include "core/llmc.h"
+#include "core/threads.h"
+#include "launcher/agree.h"
+#include "launcher/checkpoint.h"
+#include "launcher/sample.h"
+#include "launcher/spec.h"
+#include "launcher/train.h"
+#include "parallel/communicator.h"
+
+namespace memtrain::launcher {
+namespace {
+
+constexpr char kUsage[] = R"(usage:
+  trainer JOB.pbtxt [options]          train (under mpirun -np N for N ranks)
+  trainer sample CHECKPOINT [options]  generate text from a checkpoint
+  trainer export CHECKPOINT OUT.bin    write a checkpoint as an llm.c model file
+
+train options:
+  --set field.path=value   override a field of the job, e.g. --set train.steps=10 (repeatable)
+  --check                  validate the job and print the effective spec; run nothing
+  --resume                 continue from checkpoint.dir/latest
+  --stop_after N           end the run after step N, saving a checkpoint (as if preempted)
+  --quiet                  no progress output (metrics are still written)
+
+sample options:
+  --prompt TEXT  (default "\n")   --tokens N (default 256)   --temperature X (default 0.8)
+  --top_k K (default 0 = all)     --seed S (default 1)
+
+CHECKPOINT is a checkpoint folder (checkpoint.dir/step_NNNNNNNN), a checkpoint.dir (its newest
+checkpoint), or an llm.c model file. The job spec reference is docs/job-spec.md.
+)";
+
+int ExitCode(const absl::Status& s) {
+  switch (s.code()) {
+    case absl::StatusCode::kOk:
+      return 0;
+    case absl::StatusCode::kInvalidArgument:
+    case absl::StatusCode::kNotFound:
+    case absl::StatusCode::kDataLoss:
+    case absl::StatusCode::kFailedPrecondition:
+    case absl::StatusCode::kOutOfRange:
+    case absl::StatusCode::kPermissionDenied:
+    case absl::StatusCode::kResourceExhausted:
+      return 2;
+    default:
+      return 1;
+  }
+}
+
+int Report(const absl::Status& s) {
+  if (!s.ok() && !s.message().empty()) {
+    std::fprintf(stderr, "trainer: %s\n", std::string(s.message()).c_str());
+  }
+  return ExitCode(s);
+}
+
+int Usage(const std::string& why) {
+  std::fprintf(stderr, "trainer: %s\n\n%s", why.c_str(), kUsage);
+  return 2;
+}
+
+int RunJob(const std::vector<std::string>& args) {
+  std::string path;
+  std::vector<std::string> sets;
+  bool check = false;
+  TrainOptions options;
+  for (size_t i = 0; i < args.size(); ++i) {
+    const std::string& a = args[i];
+    if (a == "--set" && i + 1 < args.size()) {
+      sets.push_back(args[++i]);
+    } else if (a.rfind("--set=", 0) == 0) {
+      sets.push_back(a.substr(6));
+    } else if (a == "--check") {
+      check = true;
+    } else if (a == "--resume") {
+      options.resume = true;
+    } else if (a == "--quiet") {
+      options.quiet = true;
+    } else if (a == "--stop_after" && i + 1 < args.size()) {
+      if (!absl::SimpleAtoi(args[++i], &options.stop_after) || options.stop_after < 1) {
+        return Usage("--stop_after takes a step number >= 1");
+      }
+    } else if (!a.empty() && a[0] == '-') {
+      return Usage("unknown option " + a);
+    } else if (path.empty()) {
+      path = a;
+    } else {
+      return Usage("more than one job file: " + path + " and " + a);
+    }
+  }
+  if (path.empty()) return Usage("no job file given");
+
+  absl::StatusOr<std::unique_ptr<parallel::Communicator>> world =
+      parallel::CreateWorldCommunicator();
+  if (!world.ok()) return Report(world.status());
+  core::InitThreads();
+
+  // Every rank parses and validates the whole spec and its files before any other collective;
+  // AgreeOnStatus makes all ranks stop if any one cannot go on.
+  absl::StatusOr<Job> job = ParseJobFile(path);
+  absl::Status local = job.status();
+  for (size_t i = 0; local.ok() && i < sets.size(); ++i) local = ApplyOverride(&*job, sets[i]);
+  if (local.ok()) {
+    FillDefaults(&*job);
+    local = ValidateJob(*job, (*world)->size());
+  }
+  if (local.ok()) local = ValidateFiles(*job);
+  absl::Status agreed = AgreeOnStatus(world->get(), local);
+  if (agreed.ok() && check && (*world)->rank() == 0) {
+    std::printf("# %s: valid for %d rank(s). Effective spec:\n%s", path.c_str(),
+                (*world)->size(), JobToText(*job).c_str());
+  }
+  if (agreed.ok() && !check) agreed = RunTraining(*job, options, world->get());
+  const int code = Report(agreed);
+  world->reset();
+  parallel::ShutdownCommunication();
+  return code;
+}
+
+int RunSample(const std::vector<std::string>& args) {
+  if (args.empty() || args[0][0] == '-') return Usage("sample needs a CHECKPOINT");
+  SampleOptions o;
+  for (size_t i = 1; i < args.size(); ++i) {
+    const std::string& a = args[i];
+    const bool has = i + 1 < args.size();
+    bool ok = has;
+    if (a == "--prompt" && has) {
+      o.prompt = args[++i];
+    } else if (a == "--tokens" && has) {
+      ok = absl::SimpleAtoi(args[++i], &o.tokens) && o.tokens > 0;
+    } else if (a == "--temperature" && has) {
+      ok = absl::SimpleAtof(args[++i], &o.temperature) && o.temperature >= 0;
+    } else if (a == "--top_k" && has) {
+      ok = absl::SimpleAtoi(args[++i], &o.top_k) && o.top_k >= 0;
+    } else if (a == "--seed" && has) {
+      ok = absl::SimpleAtoi(args[++i], &o.seed);
+    } else {
+      ok = false;
+    }
+    if (!ok) return Usage("bad sample option near " + a);
+  }
+  core::InitThreads();
+  absl::StatusOr<std::unique_ptr<core::GPT2>> model = LoadModel(args[0]);
+  if (!model.ok()) return Report(model.status());
+  absl::StatusOr<std::string> text = Sample(**model, o);
+  if (!text.ok()) return Report(text.status());
+  std::printf("%s\n", text->c_str());
+  return 0;
+}
+
+int RunExport(const std::vector<std::string>& args) {
+  if (args.size() != 2) return Usage("export needs CHECKPOINT and OUT.bin");
+  absl::StatusOr<std::unique_ptr<core::GPT2>> model = LoadModel(args[0]);
+  if (!model.ok()) return Report(model.status());
+  absl::Status s = core::WriteLlmcCheckpoint(**model, args[1]);
+  if (s.ok()) std::printf("wrote %s (llm.c version 3, fp32)\n", args[1].c_str());
+  return Report(s);
+}
+
+}  // namespace
+}  // namespace memtrain::launcher
+
+int main(int argc, char** argv) {
+  using namespace memtrain::launcher;
+  std::vector<std::string> args(argv + 1, argv + argc);
+  if (args.empty()) return Usage("no job file given");
+  if (args[0] == "--help" || args[0] == "-h" || args[0] == "help") {
+    std::printf("%s", kUsage);
+    return 0;
+  }
+  if (args[0] == "sample") return RunSample({args.begin() + 1, args.end()});
+  if (args[0] == "export") return RunExport({args.begin() + 1, args.end()});
+  return RunJob(args);
+}
