@@ -94,9 +94,9 @@ absl::Status SaveCheckpoint(const std::string& dir, int keep, const TrainState& 
     moments.push_back({model.block(s).name() + ".m", opt.m(s)});
     moments.push_back({model.block(s).name() + ".v", opt.v(s)});
   }
-  MT_RETURN_IF_ERROR(core::WriteSafetensors(tmp + "/optimizer.safetensors", moments,
-                                            {{"optimizer", "adamw"},
-                                             {"step", std::to_string(opt.step())}}));
+  MT_RETURN_IF_ERROR(
+      core::WriteSafetensors(tmp + "/optimizer.safetensors", moments,
+                             {{"optimizer", "adamw"}, {"step", std::to_string(opt.step())}}));
   Json files = Json::object();
   for (const char* f : {"model.safetensors", "optimizer.safetensors"}) {
     MT_ASSIGN_OR_RETURN(std::string bytes, ReadWholeFile(tmp + "/" + f));
@@ -142,14 +142,13 @@ absl::StatusOr<std::string> LatestCheckpoint(const std::string& dir) {
   absl::StatusOr<std::string> name = ReadWholeFile(dir + "/latest");
   if (!name.ok()) {
     return absl::NotFoundError(absl::StrFormat(
-        "no checkpoint to resume from: %s/latest does not exist; run without --resume first",
-        dir));
+        "no checkpoint to resume from: %s/latest does not exist; run without --resume first", dir));
   }
   const std::string folder = dir + "/" + *name;
   if (!fs::is_directory(folder)) {
-    return absl::DataLossError(absl::StrFormat(
-        "%s/latest names %s, which does not exist; remove %s/latest to start over", dir, folder,
-        dir));
+    return absl::DataLossError(
+        absl::StrFormat("%s/latest names %s, which does not exist; remove %s/latest to start over",
+                        dir, folder, dir));
   }
   return folder;
 }
@@ -174,9 +173,10 @@ absl::StatusOr<LoadedCheckpoint> LoadCheckpoint(const std::string& folder) {
                                  f, bytes.size(), want_bytes));
     }
     if (Crc32(bytes) != want_crc) {
-      return bad(absl::StrFormat("%s fails its CRC-32 check (file corrupt); use an older "
-                                 "checkpoint",
-                                 f));
+      return bad(
+          absl::StrFormat("%s fails its CRC-32 check (file corrupt); use an older "
+                          "checkpoint",
+                          f));
     }
   }
   const Json& c = m["model"];
@@ -201,9 +201,9 @@ absl::StatusOr<LoadedCheckpoint> LoadCheckpoint(const std::string& folder) {
   return out;
 }
 
-absl::Status RestoreOptimizer(const LoadedCheckpoint& ckpt, optim::AdamW* opt) {
-  for (int s = 0; s < ckpt.model->num_stages(); ++s) {
-    const std::string& b = ckpt.model->block(s).name();
+absl::Status RestoreOptimizer(const LoadedCheckpoint& ckpt, core::GPT2& model, optim::AdamW* opt) {
+  for (int s = 0; s < model.num_stages(); ++s) {
+    const std::string& b = model.block(s).name();
     MT_RETURN_IF_ERROR(ckpt.optimizer.CopyTo(b + ".m", opt->m(s)));
     MT_RETURN_IF_ERROR(ckpt.optimizer.CopyTo(b + ".v", opt->v(s)));
   }

@@ -44,8 +44,9 @@ struct LoadedCheckpoint {
 
 // Loads a checkpoint folder (step_NNNNNNNN). Verifies sizes and checksums before using anything.
 absl::StatusOr<LoadedCheckpoint> LoadCheckpoint(const std::string& folder);
-// Copies the saved AdamW moments and step count into `opt`.
-absl::Status RestoreOptimizer(const LoadedCheckpoint& ckpt, optim::AdamW* opt);
+// Copies the saved AdamW moments and step count into `opt`, an optimizer over `model` (which
+// may have been moved out of the checkpoint).
+absl::Status RestoreOptimizer(const LoadedCheckpoint& ckpt, core::GPT2& model, optim::AdamW* opt);
 
 // A model from an llm.c file or a memtrain checkpoint folder (weights only).
 absl::StatusOr<std::unique_ptr<core::GPT2>> LoadModel(const std::string& path);

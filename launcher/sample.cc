@@ -34,7 +34,8 @@ absl::StatusOr<std::string> Sample(core::GPT2& model, const SampleOptions& o) {
     const int len = std::min<int>(T, static_cast<int>(ctx.size()));
     std::copy(ctx.end() - len, ctx.end(), window.begin());
     MT_RETURN_IF_ERROR(engine.Forward({window.data(), nullptr, 1, T}).status());
-    const float* logits = model.logits().f32() + static_cast<int64_t>(len - 1) * c.padded_vocab_size;
+    const float* logits =
+        model.logits().f32() + static_cast<int64_t>(len - 1) * c.padded_vocab_size;
     int next = 0;
     if (o.temperature <= 0.0f) {
       next = static_cast<int>(std::max_element(logits, logits + c.vocab_size) - logits);
@@ -45,7 +46,8 @@ absl::StatusOr<std::string> Sample(core::GPT2& model, const SampleOptions& o) {
                         [&](int a, int b) { return logits[a] > logits[b]; });
       const float mx = logits[order[0]];
       double sum = 0;
-      for (int i = 0; i < k; ++i) sum += probs[i] = std::exp((logits[order[i]] - mx) / o.temperature);
+      for (int i = 0; i < k; ++i)
+        sum += probs[i] = std::exp((logits[order[i]] - mx) / o.temperature);
       double u = core::PhiloxUniform(o.seed, 0, n) * sum;
       next = order[k - 1];
       for (int i = 0; i < k; ++i) {

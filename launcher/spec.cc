@@ -104,8 +104,9 @@ absl::StatusOr<Job> ParseJobText(const std::string& text, const std::string& nam
   Collector errors(name);
   parser.RecordErrorsTo(&errors);
   if (!parser.ParseFromString(text, &job)) {
-    return absl::InvalidArgumentError(
-        errors.first().empty() ? absl::StrCat(name, ": cannot parse the job spec") : errors.first());
+    return absl::InvalidArgumentError(errors.first().empty()
+                                          ? absl::StrCat(name, ": cannot parse the job spec")
+                                          : errors.first());
   }
   return job;
 }
@@ -113,8 +114,7 @@ absl::StatusOr<Job> ParseJobText(const std::string& text, const std::string& nam
 absl::StatusOr<Job> ParseJobFile(const std::string& path) {
   std::ifstream in(path);
   if (!in) {
-    return absl::NotFoundError(
-        absl::StrFormat("cannot read job spec %s; check the path", path));
+    return absl::NotFoundError(absl::StrFormat("cannot read job spec %s; check the path", path));
   }
   std::stringstream ss;
   ss << in.rdbuf();
@@ -137,16 +137,16 @@ absl::Status ApplyOverride(Job* job, const std::string& assignment) {
       for (int k = 0; k < msg->GetDescriptor()->field_count(); ++k) {
         absl::StrAppend(&known, k ? ", " : "", msg->GetDescriptor()->field(k)->name());
       }
-      return absl::InvalidArgumentError(absl::StrFormat(
-          "--set %s: %s has no field \"%s\" (fields: %s)", assignment,
-          i == 0 ? "the job" : absl::StrJoin(parts.begin(), parts.begin() + i, "."), parts[i],
-          known));
+      return absl::InvalidArgumentError(
+          absl::StrFormat("--set %s: %s has no field \"%s\" (fields: %s)", assignment,
+                          i == 0 ? "the job" : absl::StrJoin(parts.begin(), parts.begin() + i, "."),
+                          parts[i], known));
     }
     const pb::Reflection* r = msg->GetReflection();
     if (i + 1 < parts.size()) {
       if (f->cpp_type() != pb::FieldDescriptor::CPPTYPE_MESSAGE) {
-        return absl::InvalidArgumentError(absl::StrFormat(
-            "--set %s: %s is a value, not a section", assignment, parts[i]));
+        return absl::InvalidArgumentError(
+            absl::StrFormat("--set %s: %s is a value, not a section", assignment, parts[i]));
       }
       msg = r->MutableMessage(msg, f);
       continue;
@@ -157,8 +157,8 @@ absl::Status ApplyOverride(Job* job, const std::string& assignment) {
       return absl::OkStatus();
     }
     if (!pb::TextFormat::ParseFieldValueFromString(value, f, msg)) {
-      return absl::InvalidArgumentError(absl::StrFormat(
-          "--set %s: \"%s\" is not a valid %s for %s", assignment, value, f->type_name(), path));
+      return absl::InvalidArgumentError(absl::StrFormat("--set %s: \"%s\" is not a valid %s for %s",
+                                                        assignment, value, f->type_name(), path));
     }
   }
   return absl::OkStatus();

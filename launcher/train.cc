@@ -57,8 +57,8 @@ absl::Status CheckSameModel(const core::GPT2Config& want, const core::GPT2Config
   return absl::OkStatus();
 }
 
-absl::Status BuildSetup(const Job& job, const TrainOptions& options, int data_rank,
-                        int data_size, Setup* s) {
+absl::Status BuildSetup(const Job& job, const TrainOptions& options, int data_rank, int data_size,
+                        Setup* s) {
   const Train& t = job.train();
   std::optional<LoadedCheckpoint> ckpt;
   if (options.resume) {
@@ -94,9 +94,9 @@ absl::Status BuildSetup(const Job& job, const TrainOptions& options, int data_ra
   MT_RETURN_IF_ERROR(s->train_tokens->CheckVocab(vocab));
   std::optional<uint64_t> shuffle;
   if (job.data().shuffle()) shuffle = job.data().seed();
-  MT_ASSIGN_OR_RETURN(s->train, core::DataLoader::Create(&*s->train_tokens, t.batch_size(),
-                                                         t.seq_len(), data_rank, data_size,
-                                                         shuffle));
+  MT_ASSIGN_OR_RETURN(
+      s->train, core::DataLoader::Create(&*s->train_tokens, t.batch_size(), t.seq_len(), data_rank,
+                                         data_size, shuffle));
   if (!job.data().val_tokens().empty()) {
     MT_ASSIGN_OR_RETURN(s->val_tokens, core::TokenFile::Open(job.data().val_tokens()));
     MT_RETURN_IF_ERROR(s->val_tokens->CheckVocab(vocab));
@@ -111,11 +111,12 @@ absl::Status BuildSetup(const Job& job, const TrainOptions& options, int data_ra
                               .beta2 = a.beta2(),
                               .eps = a.eps(),
                               .weight_decay = a.weight_decay(),
-                              .variant = a.variant() == AdamW::LLMC ? core::cpu::AdamWVariant::kLlmc
-                                                                    : core::cpu::AdamWVariant::kPyTorch};
+                              .variant = a.variant() == AdamW::LLMC
+                                             ? core::cpu::AdamWVariant::kLlmc
+                                             : core::cpu::AdamWVariant::kPyTorch};
   MT_ASSIGN_OR_RETURN(s->opt, optim::AdamW::Create(s->model.get(), hyper));
   if (ckpt) {
-    MT_RETURN_IF_ERROR(RestoreOptimizer(*ckpt, &*s->opt));
+    MT_RETURN_IF_ERROR(RestoreOptimizer(*ckpt, *s->model, &*s->opt));
   }
   s->state.job_text = JobToText(job);
   return absl::OkStatus();
@@ -199,8 +200,8 @@ absl::Status RunTraining(const Job& job, const TrainOptions& options,
   std::vector<int32_t> inputs(static_cast<size_t>(B) * T), targets(inputs.size());
   const core::Batch batch{inputs.data(), targets.data(), B, T};
   const int64_t tokens_per_step = static_cast<int64_t>(B) * T * accum * D;
-  const int64_t last_step = options.stop_after > 0 ? std::min<int64_t>(options.stop_after, t.steps())
-                                                   : t.steps();
+  const int64_t last_step =
+      options.stop_after > 0 ? std::min<int64_t>(options.stop_after, t.steps()) : t.steps();
   if (rank == 0) {
     report.Line(absl::StrFormat(
         "%s, %d parameters; %d data rank(s) x %d threads; global batch %d tokens; "
@@ -255,11 +256,11 @@ absl::Status RunTraining(const Job& job, const TrainOptions& options,
             R"({"step": %d, "loss": %.9g, "lr": %.9g, "tokens_per_sec": %.1f, "step_ms": %.3f})",
             step + 1, loss, lr, tokens_per_step / dt, 1e3 * dt));
       }
-      report.Progress(absl::StrFormat("step %d/%d | loss %.4f | lr %.2e | %.0f tok/s | "
-                                      "%.0f ms/step | ETA %s",
-                                      step + 1, t.steps(), loss, lr, tokens_per_step / dt,
-                                      1e3 * dt, Hms(eta)),
-                      log);
+      report.Progress(
+          absl::StrFormat("step %d/%d | loss %.4f | lr %.2e | %.0f tok/s | "
+                          "%.0f ms/step | ETA %s",
+                          step + 1, t.steps(), loss, lr, tokens_per_step / dt, 1e3 * dt, Hms(eta)),
+          log);
     }
     const bool final_step = step + 1 == last_step;
     if (s.val && ((t.eval_every() > 0 && (step + 1) % t.eval_every() == 0) || final_step)) {
@@ -271,9 +272,8 @@ absl::Status RunTraining(const Job& job, const TrainOptions& options,
     }
     const Checkpoint& c = job.checkpoint();
     if (!c.dir().empty() && ((c.every() > 0 && (step + 1) % c.every() == 0) || final_step)) {
-      absl::Status saved =
-          rank == 0 ? SaveCheckpoint(c.dir(), c.keep(), s.state, *s.model, *s.opt)
-                    : absl::OkStatus();
+      absl::Status saved = rank == 0 ? SaveCheckpoint(c.dir(), c.keep(), s.state, *s.model, *s.opt)
+                                     : absl::OkStatus();
       MT_RETURN_IF_ERROR(AgreeOnStatus(world, saved));
       if (rank == 0) {
         report.Line(absl::StrFormat("step %d/%d | checkpoint %s/step_%08d", step + 1, t.steps(),

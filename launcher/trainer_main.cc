@@ -122,8 +122,8 @@ int RunJob(const std::vector<std::string>& args) {
   if (local.ok()) local = ValidateFiles(*job);
   absl::Status agreed = AgreeOnStatus(world->get(), local);
   if (agreed.ok() && check && (*world)->rank() == 0) {
-    std::printf("# %s: valid for %d rank(s). Effective spec:\n%s", path.c_str(),
-                (*world)->size(), JobToText(*job).c_str());
+    std::printf("# %s: valid for %d rank(s). Effective spec:\n%s", path.c_str(), (*world)->size(),
+                JobToText(*job).c_str());
   }
   if (agreed.ok() && !check) agreed = RunTraining(*job, options, world->get());
   const int code = Report(agreed);
@@ -159,7 +159,8 @@ int RunSample(const std::vector<std::string>& args) {
   if (!model.ok()) return Report(model.status());
   absl::StatusOr<std::string> text = Sample(**model, o);
   if (!text.ok()) return Report(text.status());
-  std::printf("%s\n", text->c_str());
+  std::fwrite(text->data(), 1, text->size(), stdout);  // bytes, NULs included
+  std::fputc('\n', stdout);
   return 0;
 }
 

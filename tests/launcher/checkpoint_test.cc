@@ -1,0 +1,135 @@
+// Checkpoints round-trip exactly, keep the newest N, and refuse damaged files with DataLoss.
+#include "launcher/checkpoint.h"
+
+#include <gtest/gtest.h>
+#include <unistd.h>
+
+#include <filesystem>
+#include <fstream>
+
+#include "core/safetensors.h"
+
+namespace memtrain::launcher {
+namespace {
+
+namespace fs = std::filesystem;
+
+std::string FreshDir(const std::string& name) {
+  std::string d = ::testing::TempDir() + "/" + std::to_string(getpid()) + "_" + name;
+  fs::remove_all(d);
+  return d;
+}
+
+struct Trained {
+  std::unique_ptr<core::GPT2> model;
+  std::optional<optim::AdamW> opt;
+};
+
+Trained MakeTrained() {
+  Trained t;
+  t.model = core::GPT2::Create({.max_seq_len = 16, .vocab_size = 40, .n_layer = 2, .n_head = 2,
+                                .n_embd = 16})
+                .value();
+  t.model->InitWeights(3);
+  EXPECT_TRUE(t.model->Prepare(2, 8).ok());
+  t.opt = optim::AdamW::Create(t.model.get(), {.weight_decay = 0.1f}).value();
+  std::vector<int32_t> in(16), tg(16);
+  for (int i = 0; i < 16; ++i) in[i] = i % 40, tg[i] = (i * 3) % 40;
+  core::Engine engine(t.model.get());
+  for (int s = 0; s < 3; ++s) {
+    EXPECT_TRUE(engine.Forward({in.data(), tg.data(), 2, 8}).ok());
+    engine.ZeroGrad();
+    engine.Backward({in.data(), tg.data(), 2, 8});
+    t.opt->Step(1e-2f);
+  }
+  return t;
+}
+
+TEST(CheckpointTest, RoundTripIsExact) {
+  Trained t = MakeTrained();
+  const std::string dir = FreshDir("ckpt");
+  ASSERT_TRUE(SaveCheckpoint(dir, 3, {.step = 3, .batches_consumed = 7, .job_text = "x"},
+                             *t.model, *t.opt)
+                  .ok());
+  auto folder = LatestCheckpoint(dir);
+  ASSERT_TRUE(folder.ok()) << folder.status();
+  EXPECT_EQ(*folder, dir + "/step_00000003");
+  auto loaded = LoadCheckpoint(*folder);
+  ASSERT_TRUE(loaded.ok()) << loaded.status();
+  EXPECT_EQ(loaded->state.step, 3);
+  EXPECT_EQ(loaded->state.batches_consumed, 7);
+  auto opt2 = optim::AdamW::Create(loaded->model.get(), {}).value();
+  ASSERT_TRUE(RestoreOptimizer(*loaded, *loaded->model, &opt2).ok());
+  EXPECT_EQ(opt2.step(), 3);
+  for (int s = 0; s < t.model->num_stages(); ++s) {
+    const core::Tensor& a = t.model->block(s).params();
+    const core::Tensor& b = loaded->model->block(s).params();
+    ASSERT_EQ(0, std::memcmp(a.raw(), b.raw(), a.nbytes()));
+    ASSERT_EQ(0, std::memcmp(t.opt->m(s).raw(), opt2.m(s).raw(), a.nbytes()));
+    ASSERT_EQ(0, std::memcmp(t.opt->v(s).raw(), opt2.v(s).raw(), a.nbytes()));
+  }
+  // Weights are plain safetensors with the block names.
+  auto st = core::SafetensorsFile::Read(*folder + "/model.safetensors").value();
+  EXPECT_EQ(st.entries().at("h.1.qkvw").shape, (core::Shape{48, 16}));
+  EXPECT_EQ(st.entries().count("embedding.wte"), 1u);
+}
+
+TEST(CheckpointTest, KeepsTheNewestAndLatestPointsAtACompleteOne) {
+  Trained t = MakeTrained();
+  const std::string dir = FreshDir("keep");
+  for (int step : {1, 2, 3, 4}) {
+    ASSERT_TRUE(SaveCheckpoint(dir, 2, {.step = step, .batches_consumed = 0, .job_text = ""}, *t.model, *t.opt).ok());
+  }
+  EXPECT_FALSE(fs::exists(dir + "/step_00000001"));
+  EXPECT_FALSE(fs::exists(dir + "/step_00000002"));
+  EXPECT_TRUE(fs::exists(dir + "/step_00000003"));
+  EXPECT_EQ(LatestCheckpoint(dir).value(), dir + "/step_00000004");
+  EXPECT_EQ(LatestCheckpoint(FreshDir("none")).status().code(), absl::StatusCode::kNotFound);
+}
+
+TEST(CheckpointTest, DamagedFilesAreRefusedWithDataLoss) {
+  Trained t = MakeTrained();
+  const std::string dir = FreshDir("bad");
+  ASSERT_TRUE(SaveCheckpoint(dir, 3, {.step = 5, .batches_consumed = 0, .job_text = ""}, *t.model, *t.opt).ok());
+  const std::string f = dir + "/step_00000005/model.safetensors";
+  {
+    std::fstream io(f, std::ios::in | std::ios::out | std::ios::binary);
+    io.seekp(-3, std::ios::end);
+    io.put('\x7f');  // one flipped byte in the data
+  }
+  auto r = LoadCheckpoint(dir + "/step_00000005");
+  EXPECT_EQ(r.status().code(), absl::StatusCode::kDataLoss);
+  EXPECT_NE(r.status().message().find("CRC-32"), std::string::npos) << r.status();
+  fs::resize_file(f, fs::file_size(f) - 10);
+  r = LoadCheckpoint(dir + "/step_00000005");
+  EXPECT_EQ(r.status().code(), absl::StatusCode::kDataLoss);
+  EXPECT_NE(r.status().message().find("truncated"), std::string::npos) << r.status();
+}
+
+TEST(SafetensorsTest, RoundTripAndBadHeaders) {
+  const std::string path = FreshDir("st") + ".safetensors";
+  auto a = core::Tensor::Zeros({2, 3}, core::DType::kF32, core::MemoryTag::kOther).value();
+  auto b = core::Tensor::Zeros({4}, core::DType::kI32, core::MemoryTag::kOther).value();
+  for (int i = 0; i < 6; ++i) a.f32()[i] = i * 0.5f;
+  for (int i = 0; i < 4; ++i) b.i32()[i] = -i;
+  ASSERT_TRUE(core::WriteSafetensors(path, {{"a", a}, {"b", b}}, {{"k", "v"}}).ok());
+  auto f = core::SafetensorsFile::Read(path);
+  ASSERT_TRUE(f.ok()) << f.status();
+  EXPECT_EQ(f->metadata().at("k"), "v");
+  auto a2 = core::Tensor::Zeros({2, 3}, core::DType::kF32, core::MemoryTag::kOther).value();
+  ASSERT_TRUE(f->CopyTo("a", a2).ok());
+  EXPECT_EQ(0, std::memcmp(a.raw(), a2.raw(), a.nbytes()));
+  auto wrong = core::Tensor::Zeros({3, 2}, core::DType::kF32, core::MemoryTag::kOther).value();
+  EXPECT_EQ(f->CopyTo("a", wrong).code(), absl::StatusCode::kDataLoss);
+  EXPECT_EQ(f->CopyTo("c", a2).code(), absl::StatusCode::kNotFound);
+  // The header must describe data that is there.
+  fs::resize_file(path, fs::file_size(path) - 4);
+  auto bad = core::SafetensorsFile::Read(path);
+  EXPECT_EQ(bad.status().code(), absl::StatusCode::kDataLoss);
+  EXPECT_NE(bad.status().message().find(path), std::string::npos);
+  std::ofstream(path, std::ios::binary) << "garbage!garbage!";
+  EXPECT_EQ(core::SafetensorsFile::Read(path).status().code(), absl::StatusCode::kDataLoss);
+}
+
+}  // namespace
+}  // namespace memtrain::launcher
