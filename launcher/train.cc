@@ -237,7 +237,9 @@ absl::Status RunTraining(const Job& job, const TrainOptions& options,
       ddp.set_sync(micro == accum - 1);
       engine.Backward(batch, 1.0f / (static_cast<float>(D) * accum));
     }
+    const auto t_wait = Clock::now();
     MT_RETURN_IF_ERROR(ddp.Wait());
+    const double wait_ms = 1e3 * std::chrono::duration<double>(Clock::now() - t_wait).count();
     loss /= accum;
     MT_RETURN_IF_ERROR(
         grid.data().AllReduce(&loss, 1, core::DType::kF64, parallel::ReduceOp::kSum).Wait());
@@ -253,8 +255,9 @@ absl::Status RunTraining(const Job& job, const TrainOptions& options,
       const bool log = (step + 1) % t.log_every() == 0 || step + 1 == last_step;
       if (log) {
         report.Json(absl::StrFormat(
-            R"({"step": %d, "loss": %.9g, "lr": %.9g, "tokens_per_sec": %.1f, "step_ms": %.3f})",
-            step + 1, loss, lr, tokens_per_step / dt, 1e3 * dt));
+            R"({"step": %d, "loss": %.9g, "lr": %.9g, "tokens_per_sec": %.1f, "step_ms": %.3f, )"
+            R"("comm_wait_ms": %.3f})",
+            step + 1, loss, lr, tokens_per_step / dt, 1e3 * dt, wait_ms));
       }
       report.Progress(
           absl::StrFormat("step %d/%d | loss %.4f | lr %.2e | %.0f tok/s | "
