@@ -21,16 +21,14 @@ int main() {
     for (int rep = 0; rep < 11; ++rep) {
       (void)world->Barrier().Wait();
       auto t0 = std::chrono::steady_clock::now();
-      (void)world->AllReduce(buf.data(), count, core::DType::kF32, parallel::ReduceOp::kSum)
-          .Wait();
+      (void)world->AllReduce(buf.data(), count, core::DType::kF32, parallel::ReduceOp::kSum).Wait();
       times.push_back(std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count());
     }
     std::sort(times.begin(), times.end());
     const double t = times[times.size() / 2];
     if (world->rank() == 0) {
       std::printf("%d ranks, %3lld MiB: %8.2f ms, bus bandwidth %.2f GB/s\n", n,
-                  static_cast<long long>(mib), 1e3 * t,
-                  2.0 * (n - 1) / n * count * 4 / t / 1e9);
+                  static_cast<long long>(mib), 1e3 * t, 2.0 * (n - 1) / n * count * 4 / t / 1e9);
     }
   }
   world.reset();

@@ -48,9 +48,12 @@ absl::Status WriteFileAtomically(const std::string& path,
                         std::strerror(errno)));
   }
   absl::Status s = write(f);
-  if (s.ok() && std::fflush(f) != 0) s = absl::UnavailableError(absl::StrCat("flush failed: ", tmp));
-  if (s.ok() && fsync(fileno(f)) != 0) s = absl::UnavailableError(absl::StrCat("fsync failed: ", tmp));
-  if (std::fclose(f) != 0 && s.ok()) s = absl::UnavailableError(absl::StrCat("close failed: ", tmp));
+  if (s.ok() && std::fflush(f) != 0)
+    s = absl::UnavailableError(absl::StrCat("flush failed: ", tmp));
+  if (s.ok() && fsync(fileno(f)) != 0)
+    s = absl::UnavailableError(absl::StrCat("fsync failed: ", tmp));
+  if (std::fclose(f) != 0 && s.ok())
+    s = absl::UnavailableError(absl::StrCat("close failed: ", tmp));
   if (s.ok() && std::rename(tmp.c_str(), path.c_str()) != 0) {
     s = absl::UnavailableError(
         absl::StrFormat("rename %s -> %s failed: %s", tmp, path, std::strerror(errno)));

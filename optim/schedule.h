@@ -1,5 +1,5 @@
-// Learning-rate schedules: linear warm-up (peak * (step + 1) / warmup_steps, as llm.c), then constant, cosine or linear decay to
-// min_ratio * peak at total_steps.
+// Learning-rate schedules: linear warm-up (peak * (step + 1) / warmup_steps, as llm.c), then
+// constant, cosine or linear decay to min_ratio * peak at total_steps.
 //
 //   optim::LrSchedule s{.peak = 3e-4f, .warmup_steps = 100, .total_steps = 5000,
 //                       .decay = optim::Decay::kCosine, .min_ratio = 0.1f};

@@ -1,8 +1,9 @@
+#include "parallel/communicator.h"
+
 #include <cstdlib>
 #include <cstring>
 
 #include "absl/strings/str_format.h"
-#include "parallel/communicator.h"
 
 namespace memtrain::parallel {
 namespace {

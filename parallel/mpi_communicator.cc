@@ -16,17 +16,18 @@
 #include "parallel/communicator.h"
 
 // The one place MPI return codes become Status.
-#define MT_MPI_RETURN_IF_ERROR(call)                                                       \
-  do {                                                                                     \
-    int mt_mpi_rc_ = (call);                                                               \
-    if (mt_mpi_rc_ != MPI_SUCCESS) {                                                       \
-      char mt_msg_[MPI_MAX_ERROR_STRING];                                                  \
-      int mt_len_ = 0;                                                                     \
-      MPI_Error_string(mt_mpi_rc_, mt_msg_, &mt_len_);                                     \
-      return absl::UnavailableError(absl::StrFormat("%s failed: %s; check that every rank " \
-                                                    "is alive and issues the same calls",   \
-                                                    #call, std::string(mt_msg_, mt_len_))); \
-    }                                                                                      \
+#define MT_MPI_RETURN_IF_ERROR(call)                              \
+  do {                                                            \
+    int mt_mpi_rc_ = (call);                                      \
+    if (mt_mpi_rc_ != MPI_SUCCESS) {                              \
+      char mt_msg_[MPI_MAX_ERROR_STRING];                         \
+      int mt_len_ = 0;                                            \
+      MPI_Error_string(mt_mpi_rc_, mt_msg_, &mt_len_);            \
+      return absl::UnavailableError(                              \
+          absl::StrFormat("%s failed: %s; check that every rank " \
+                          "is alive and issues the same calls",   \
+                          #call, std::string(mt_msg_, mt_len_))); \
+    }                                                             \
   } while (0)
 
 namespace memtrain::parallel {
@@ -52,7 +53,8 @@ class Executor {
     int rc = already ? MPI_Query_thread(&provided)
                      : MPI_Init_thread(nullptr, nullptr, MPI_THREAD_SERIALIZED, &provided);
     if (rc != MPI_SUCCESS) {
-      init_status_ = absl::UnavailableError("MPI_Init_thread failed; is the job started by mpirun?");
+      init_status_ =
+          absl::UnavailableError("MPI_Init_thread failed; is the job started by mpirun?");
       return init_status_;
     }
     owns_mpi_ = !already;
@@ -155,7 +157,9 @@ absl::Status CheckCount(int64_t n, const char* what) {
   return absl::OkStatus();
 }
 
-std::vector<int> ToInts(const std::vector<int64_t>& v) { return std::vector<int>(v.begin(), v.end()); }
+std::vector<int> ToInts(const std::vector<int64_t>& v) {
+  return std::vector<int>(v.begin(), v.end());
+}
 
 class MpiCommunicator : public Communicator {
  public:
@@ -173,10 +177,13 @@ class MpiCommunicator : public Communicator {
   ~MpiCommunicator() override {
     if (comm_ != MPI_COMM_WORLD) {
       MPI_Comm c = comm_;
-      Executor::Get().Submit([c]() mutable {
-        MPI_Comm_free(&c);
-        return absl::OkStatus();
-      }).Wait().IgnoreError();
+      Executor::Get()
+          .Submit([c]() mutable {
+            MPI_Comm_free(&c);
+            return absl::OkStatus();
+          })
+          .Wait()
+          .IgnoreError();
     }
   }
   int rank() const override { return rank_; }
@@ -267,8 +274,8 @@ class MpiCommunicator : public Communicator {
     MPI_Comm comm = comm_;
     return Executor::Get().Submit([=]() -> absl::Status {
       MT_RETURN_IF_ERROR(CheckCount(count, "Recv"));
-      MT_MPI_RETURN_IF_ERROR(MPI_Recv(data, static_cast<int>(count), ToMpi(dtype), src, tag, comm,
-                                      MPI_STATUS_IGNORE));
+      MT_MPI_RETURN_IF_ERROR(
+          MPI_Recv(data, static_cast<int>(count), ToMpi(dtype), src, tag, comm, MPI_STATUS_IGNORE));
       return absl::OkStatus();
     });
   }

@@ -27,8 +27,8 @@ struct Trained {
 
 Trained MakeTrained() {
   Trained t;
-  t.model = core::GPT2::Create({.max_seq_len = 16, .vocab_size = 40, .n_layer = 2, .n_head = 2,
-                                .n_embd = 16})
+  t.model = core::GPT2::Create(
+                {.max_seq_len = 16, .vocab_size = 40, .n_layer = 2, .n_head = 2, .n_embd = 16})
                 .value();
   t.model->InitWeights(3);
   EXPECT_TRUE(t.model->Prepare(2, 8).ok());
@@ -48,9 +48,9 @@ Trained MakeTrained() {
 TEST(CheckpointTest, RoundTripIsExact) {
   Trained t = MakeTrained();
   const std::string dir = FreshDir("ckpt");
-  ASSERT_TRUE(SaveCheckpoint(dir, 3, {.step = 3, .batches_consumed = 7, .job_text = "x"},
-                             *t.model, *t.opt)
-                  .ok());
+  ASSERT_TRUE(
+      SaveCheckpoint(dir, 3, {.step = 3, .batches_consumed = 7, .job_text = "x"}, *t.model, *t.opt)
+          .ok());
   auto folder = LatestCheckpoint(dir);
   ASSERT_TRUE(folder.ok()) << folder.status();
   EXPECT_EQ(*folder, dir + "/step_00000003");
@@ -78,7 +78,9 @@ TEST(CheckpointTest, KeepsTheNewestAndLatestPointsAtACompleteOne) {
   Trained t = MakeTrained();
   const std::string dir = FreshDir("keep");
   for (int step : {1, 2, 3, 4}) {
-    ASSERT_TRUE(SaveCheckpoint(dir, 2, {.step = step, .batches_consumed = 0, .job_text = ""}, *t.model, *t.opt).ok());
+    ASSERT_TRUE(SaveCheckpoint(dir, 2, {.step = step, .batches_consumed = 0, .job_text = ""},
+                               *t.model, *t.opt)
+                    .ok());
   }
   EXPECT_FALSE(fs::exists(dir + "/step_00000001"));
   EXPECT_FALSE(fs::exists(dir + "/step_00000002"));
@@ -90,7 +92,9 @@ TEST(CheckpointTest, KeepsTheNewestAndLatestPointsAtACompleteOne) {
 TEST(CheckpointTest, DamagedFilesAreRefusedWithDataLoss) {
   Trained t = MakeTrained();
   const std::string dir = FreshDir("bad");
-  ASSERT_TRUE(SaveCheckpoint(dir, 3, {.step = 5, .batches_consumed = 0, .job_text = ""}, *t.model, *t.opt).ok());
+  ASSERT_TRUE(
+      SaveCheckpoint(dir, 3, {.step = 5, .batches_consumed = 0, .job_text = ""}, *t.model, *t.opt)
+          .ok());
   const std::string f = dir + "/step_00000005/model.safetensors";
   {
     std::fstream io(f, std::ios::in | std::ios::out | std::ios::binary);

@@ -8,7 +8,10 @@ namespace memtrain::optim {
 namespace {
 
 TEST(ScheduleTest, WarmupThenCosineAndLinearToTheFloor) {
-  LrSchedule s{.peak = 1.0f, .warmup_steps = 4, .total_steps = 14, .decay = Decay::kCosine,
+  LrSchedule s{.peak = 1.0f,
+               .warmup_steps = 4,
+               .total_steps = 14,
+               .decay = Decay::kCosine,
                .min_ratio = 0.1f};
   EXPECT_FLOAT_EQ(s.At(0), 0.25f);
   EXPECT_FLOAT_EQ(s.At(3), 1.0f);

@@ -44,9 +44,8 @@ TEST(CommunicatorTest, AllGatherAndReduceScatter) {
     for (int i = 0; i < n; ++i) ASSERT_EQ(all[q * n + i], Value(q, i));
   std::vector<float> send(R * n), recv(n);
   for (int i = 0; i < R * n; ++i) send[i] = Value(r, i);
-  ASSERT_TRUE(g_world->ReduceScatter(send.data(), recv.data(), n, DType::kF32, ReduceOp::kSum)
-                  .Wait()
-                  .ok());
+  ASSERT_TRUE(
+      g_world->ReduceScatter(send.data(), recv.data(), n, DType::kF32, ReduceOp::kSum).Wait().ok());
   for (int i = 0; i < n; ++i) {
     float want = 0;
     for (int q = 0; q < R; ++q) want += Value(q, r * n + i);

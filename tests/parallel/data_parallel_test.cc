@@ -1,6 +1,8 @@
 // Data parallelism against a single-process run: W ranks with micro-batch B each must give the
 // same losses (1e-5 relative) and weights as one process with batch W*B over the same tokens,
 // which llm.c's batch order makes the concatenation of the ranks' batches.
+#include "parallel/data_parallel.h"
+
 #include <gtest/gtest.h>
 #include <unistd.h>
 
@@ -10,7 +12,6 @@
 #include "core/data_loader.h"
 #include "core/llmc.h"
 #include "optim/adamw.h"
-#include "parallel/data_parallel.h"
 #include "tests/core/test_util.h"
 #include "tests/parallel/mpi_test_env.h"
 
@@ -69,8 +70,7 @@ TEST(DataParallelTest, MatchesOneProcessWithTheCombinedBatch) {
   const int W = g_world->size();
   std::vector<uint16_t> toks(kSteps * 2 * W * B * T + 1);
   for (size_t i = 0; i < toks.size(); ++i) toks[i] = (i * 7 + i / 13) % 64;
-  const std::string path =
-      ::testing::TempDir() + "/dp_" + std::to_string(getpid()) + "_tokens.bin";
+  const std::string path = ::testing::TempDir() + "/dp_" + std::to_string(getpid()) + "_tokens.bin";
   ASSERT_TRUE(core::WriteTokenFile(path, toks).ok());
   auto tokens = core::TokenFile::Open(path).value();
 

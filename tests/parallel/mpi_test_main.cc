@@ -24,8 +24,9 @@ int main(int argc, char** argv) {
   int rc = RUN_ALL_TESTS();
   // Agree on the outcome so a failure on any rank fails every rank's exit code.
   int32_t failed = rc != 0;
-  (void)(*world)->AllReduce(&failed, 1, memtrain::core::DType::kI32,
-                            memtrain::parallel::ReduceOp::kMax).Wait();
+  (void)(*world)
+      ->AllReduce(&failed, 1, memtrain::core::DType::kI32, memtrain::parallel::ReduceOp::kMax)
+      .Wait();
   world->reset();
   memtrain::parallel::ShutdownCommunication();
   return failed ? 1 : 0;
