@@ -157,6 +157,18 @@ absl::Status CheckCount(int64_t n, const char* what) {
   return absl::OkStatus();
 }
 
+// MPI counts are ints: runs fn(pointer, count) over chunks of at most 2^30 elements.
+template <typename Fn>
+absl::Status ForEachChunk(void* data, int64_t count, core::DType dtype, Fn fn) {
+  const int64_t chunk = int64_t{1} << 30;
+  char* p = static_cast<char*>(data);
+  for (int64_t off = 0; off < count; off += chunk) {
+    MT_RETURN_IF_ERROR(
+        fn(p + off * core::DTypeSize(dtype), static_cast<int>(std::min(chunk, count - off))));
+  }
+  return absl::OkStatus();
+}
+
 std::vector<int> ToInts(const std::vector<int64_t>& v) {
   return std::vector<int>(v.begin(), v.end());
 }
@@ -191,16 +203,11 @@ class MpiCommunicator : public Communicator {
 
   Work AllReduce(void* data, int64_t count, core::DType dtype, ReduceOp op) override {
     MPI_Comm comm = comm_;
-    return Executor::Get().Submit([=]() -> absl::Status {
-      // MPI counts are ints: reduce in chunks of at most 2^30 elements.
-      const int64_t chunk = int64_t{1} << 30;
-      char* p = static_cast<char*>(data);
-      for (int64_t off = 0; off < count; off += chunk) {
-        int n = static_cast<int>(std::min(chunk, count - off));
-        MT_MPI_RETURN_IF_ERROR(MPI_Allreduce(MPI_IN_PLACE, p + off * core::DTypeSize(dtype), n,
-                                             ToMpi(dtype), ToMpi(op), comm));
-      }
-      return absl::OkStatus();
+    return Executor::Get().Submit([=]() {
+      return ForEachChunk(data, count, dtype, [&](char* p, int n) -> absl::Status {
+        MT_MPI_RETURN_IF_ERROR(MPI_Allreduce(MPI_IN_PLACE, p, n, ToMpi(dtype), ToMpi(op), comm));
+        return absl::OkStatus();
+      });
     });
   }
 
@@ -249,15 +256,11 @@ class MpiCommunicator : public Communicator {
 
   Work Broadcast(void* data, int64_t count, core::DType dtype, int root) override {
     MPI_Comm comm = comm_;
-    return Executor::Get().Submit([=]() -> absl::Status {
-      const int64_t chunk = int64_t{1} << 30;
-      char* p = static_cast<char*>(data);
-      for (int64_t off = 0; off < count; off += chunk) {
-        int n = static_cast<int>(std::min(chunk, count - off));
-        MT_MPI_RETURN_IF_ERROR(
-            MPI_Bcast(p + off * core::DTypeSize(dtype), n, ToMpi(dtype), root, comm));
-      }
-      return absl::OkStatus();
+    return Executor::Get().Submit([=]() {
+      return ForEachChunk(data, count, dtype, [&](char* p, int n) -> absl::Status {
+        MT_MPI_RETURN_IF_ERROR(MPI_Bcast(p, n, ToMpi(dtype), root, comm));
+        return absl::OkStatus();
+      });
     });
   }
 
