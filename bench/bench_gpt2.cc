@@ -76,7 +76,7 @@ Result Run(const char* label, core::GPT2Config cfg, int B, int T, int steps) {
     engine.ZeroGrad();
     engine.Backward(batch);
     auto t2 = Clock::now();
-    opt.Step(1e-4f);
+    opt->Step(1e-4f);
     auto t3 = Clock::now();
     (void)loss;
     if (s == 0) continue;

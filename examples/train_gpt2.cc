@@ -65,7 +65,7 @@ int main(int argc, char** argv) {
     if (!loss.ok()) return Fail(loss.status());
     engine.ZeroGrad();
     engine.Backward(batch);
-    opt->Step(/*lr=*/1e-3f);
+    (*opt)->Step(/*lr=*/1e-3f);
     double s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
     if (step == 1) first = *loss;
     last = *loss;

@@ -73,7 +73,7 @@ std::string StepName(int64_t step) { return absl::StrFormat("step_%08d", step); 
 }  // namespace
 
 absl::Status SaveCheckpoint(const std::string& dir, int keep, const TrainState& state,
-                            core::GPT2& model, const optim::AdamW& opt) {
+                            core::GPT2& model, const optim::Optimizer& opt) {
   std::error_code ec;
   fs::create_directories(dir, ec);
   if (ec) {
@@ -89,14 +89,15 @@ absl::Status SaveCheckpoint(const std::string& dir, int keep, const TrainState& 
 
   MT_RETURN_IF_ERROR(core::WriteSafetensors(tmp + "/model.safetensors", ModelTensors(model),
                                             {{"format", "memtrain"}, {"model", "gpt2"}}));
-  std::vector<core::NamedTensor> moments;
+  std::vector<core::NamedTensor> state_tensors;
   for (int s = 0; s < model.num_stages(); ++s) {
-    moments.push_back({model.block(s).name() + ".m", opt.m(s)});
-    moments.push_back({model.block(s).name() + ".v", opt.v(s)});
+    for (const auto& [name, t] : opt.State(s)) {
+      state_tensors.push_back({model.block(s).name() + "." + name, t});
+    }
   }
-  MT_RETURN_IF_ERROR(
-      core::WriteSafetensors(tmp + "/optimizer.safetensors", moments,
-                             {{"optimizer", "adamw"}, {"step", std::to_string(opt.step())}}));
+  MT_RETURN_IF_ERROR(core::WriteSafetensors(
+      tmp + "/optimizer.safetensors", state_tensors,
+      {{"optimizer", opt.name()}, {"step", std::to_string(opt.step())}}));
   Json files = Json::object();
   for (const char* f : {"model.safetensors", "optimizer.safetensors"}) {
     MT_ASSIGN_OR_RETURN(std::string bytes, ReadWholeFile(tmp + "/" + f));
@@ -201,17 +202,25 @@ absl::StatusOr<LoadedCheckpoint> LoadCheckpoint(const std::string& folder) {
   return out;
 }
 
-absl::Status RestoreOptimizer(const LoadedCheckpoint& ckpt, core::GPT2& model, optim::AdamW* opt) {
+absl::Status RestoreOptimizer(const LoadedCheckpoint& ckpt, core::GPT2& model,
+                              optim::Optimizer* opt) {
+  const auto& meta = ckpt.optimizer.metadata();
+  auto kind = meta.find("optimizer"), step = meta.find("step");
+  if (kind == meta.end() || step == meta.end()) {
+    return absl::DataLossError("optimizer.safetensors lacks the optimizer name or step");
+  }
+  if (kind->second != opt->name()) {
+    return absl::InvalidArgumentError(absl::StrFormat(
+        "the checkpoint holds %s state but the job's optimizer is %s; resume with the same "
+        "optimizer, or start a new run with model.init_from pointing at the checkpoint",
+        kind->second, opt->name()));
+  }
   for (int s = 0; s < model.num_stages(); ++s) {
-    const std::string& b = model.block(s).name();
-    MT_RETURN_IF_ERROR(ckpt.optimizer.CopyTo(b + ".m", opt->m(s)));
-    MT_RETURN_IF_ERROR(ckpt.optimizer.CopyTo(b + ".v", opt->v(s)));
+    for (const auto& [name, t] : opt->State(s)) {
+      MT_RETURN_IF_ERROR(ckpt.optimizer.CopyTo(model.block(s).name() + "." + name, t));
+    }
   }
-  auto it = ckpt.optimizer.metadata().find("step");
-  if (it == ckpt.optimizer.metadata().end()) {
-    return absl::DataLossError("optimizer.safetensors has no step in its metadata");
-  }
-  opt->set_step(std::stoll(it->second));
+  opt->set_step(std::stoll(step->second));
   return absl::OkStatus();
 }
 

@@ -1,7 +1,8 @@
 // Training checkpoints: one folder per step, written atomically.
 //
 //   <dir>/step_00000100/model.safetensors      weights, named "<block>.<view>" (e.g. "h.3.qkvw")
-//   <dir>/step_00000100/optimizer.safetensors  AdamW moments, "<block>.m" / "<block>.v" (flat)
+//   <dir>/step_00000100/optimizer.safetensors  optimizer state, "<block>.<state>" (flat), e.g.
+//                                              "h.3.m" / "h.3.v" for AdamW, "h.3.m" for Lion
 //   <dir>/step_00000100/state.json             step, data position, model sizes, job spec, and
 //                                              the size and CRC-32 of both files
 //   <dir>/latest                               the name of the newest complete checkpoint
@@ -19,7 +20,7 @@
 #include "absl/status/statusor.h"
 #include "core/model/gpt2.h"
 #include "core/safetensors.h"
-#include "optim/adamw.h"
+#include "optim/optimizer.h"
 
 namespace memtrain::launcher {
 
@@ -31,7 +32,7 @@ struct TrainState {
 
 // Writes <dir>/step_NNNNNNNN and updates <dir>/latest; keeps the newest `keep` checkpoints.
 absl::Status SaveCheckpoint(const std::string& dir, int keep, const TrainState& state,
-                            core::GPT2& model, const optim::AdamW& opt);
+                            core::GPT2& model, const optim::Optimizer& opt);
 
 // The newest checkpoint folder in `dir` (from <dir>/latest); NotFound if there is none.
 absl::StatusOr<std::string> LatestCheckpoint(const std::string& dir);
@@ -44,9 +45,11 @@ struct LoadedCheckpoint {
 
 // Loads a checkpoint folder (step_NNNNNNNN). Verifies sizes and checksums before using anything.
 absl::StatusOr<LoadedCheckpoint> LoadCheckpoint(const std::string& folder);
-// Copies the saved AdamW moments and step count into `opt`, an optimizer over `model` (which
-// may have been moved out of the checkpoint).
-absl::Status RestoreOptimizer(const LoadedCheckpoint& ckpt, core::GPT2& model, optim::AdamW* opt);
+// Copies the saved optimizer state and step count into `opt`, an optimizer over `model` (which
+// may have been moved out of the checkpoint). InvalidArgument if the checkpoint was written by
+// another kind of optimizer.
+absl::Status RestoreOptimizer(const LoadedCheckpoint& ckpt, core::GPT2& model,
+                              optim::Optimizer* opt);
 
 // A model from an llm.c file or a memtrain checkpoint folder (weights only).
 absl::StatusOr<std::unique_ptr<core::GPT2>> LoadModel(const std::string& path);

@@ -132,7 +132,9 @@ absl::Status ApplyOverride(Job* job, const std::string& assignment) {
   std::vector<std::string> parts = absl::StrSplit(path, '.');
   for (size_t i = 0; i < parts.size(); ++i) {
     const pb::FieldDescriptor* f = msg->GetDescriptor()->FindFieldByName(parts[i]);
-    if (f == nullptr || f->is_repeated()) {
+    const bool last = i + 1 == parts.size();
+    if (f == nullptr || (f->is_repeated() &&
+                         !(last && f->cpp_type() == pb::FieldDescriptor::CPPTYPE_STRING))) {
       std::string known;
       for (int k = 0; k < msg->GetDescriptor()->field_count(); ++k) {
         absl::StrAppend(&known, k ? ", " : "", msg->GetDescriptor()->field(k)->name());
@@ -150,6 +152,10 @@ absl::Status ApplyOverride(Job* job, const std::string& assignment) {
       }
       msg = r->MutableMessage(msg, f);
       continue;
+    }
+    if (f->is_repeated()) {  // a repeated string: --set appends one entry
+      r->AddString(msg, f, value);
+      return absl::OkStatus();
     }
     if (f->cpp_type() == pb::FieldDescriptor::CPPTYPE_STRING &&
         (value.empty() || value.front() != '"')) {
@@ -217,6 +223,41 @@ absl::Status ValidateJob(const Job& job, int world_size) {
     if (!(a.weight_decay() >= 0)) {
       return Bad("optimizer.adamw.weight_decay", absl::StrCat(a.weight_decay()), "must be >= 0");
     }
+  }
+  if (job.optimizer().has_lion()) {
+    const Lion& l = job.optimizer().lion();
+    if (!(l.lr() > 0)) return Bad("optimizer.lion.lr", absl::StrCat(l.lr()), "must be > 0");
+    if (!(l.beta1() >= 0 && l.beta1() < 1)) {
+      return Bad("optimizer.lion.beta1", absl::StrCat(l.beta1()), "must be in [0, 1)");
+    }
+    if (!(l.beta2() >= 0 && l.beta2() < 1)) {
+      return Bad("optimizer.lion.beta2", absl::StrCat(l.beta2()), "must be in [0, 1)");
+    }
+    if (!(l.weight_decay() >= 0)) {
+      return Bad("optimizer.lion.weight_decay", absl::StrCat(l.weight_decay()), "must be >= 0");
+    }
+    if (!(l.tau() > 0)) return Bad("optimizer.lion.tau", absl::StrCat(l.tau()), "must be > 0");
+  }
+  if (job.optimizer().has_sgd()) {
+    const Sgd& g = job.optimizer().sgd();
+    if (!(g.lr() > 0)) return Bad("optimizer.sgd.lr", absl::StrCat(g.lr()), "must be > 0");
+    if (!(g.momentum() >= 0 && g.momentum() < 1)) {
+      return Bad("optimizer.sgd.momentum", absl::StrCat(g.momentum()), "must be in [0, 1)");
+    }
+    if (!(g.dampening() >= 0 && g.dampening() < 1)) {
+      return Bad("optimizer.sgd.dampening", absl::StrCat(g.dampening()), "must be in [0, 1)");
+    }
+    if (!(g.weight_decay() >= 0)) {
+      return Bad("optimizer.sgd.weight_decay", absl::StrCat(g.weight_decay()), "must be >= 0");
+    }
+    if (g.nesterov() && (g.momentum() == 0 || g.dampening() != 0)) {
+      return Bad("optimizer.sgd.nesterov", "true",
+                 "Nesterov momentum needs momentum > 0 and dampening = 0");
+    }
+  }
+  if (!(job.optimizer().clip_grad_norm() >= 0)) {
+    return Bad("optimizer.clip_grad_norm", absl::StrCat(job.optimizer().clip_grad_norm()),
+               "must be >= 0 (0 = no clipping)");
   }
   const Schedule& s = job.schedule();
   MT_RETURN_IF_ERROR(AtLeast("schedule.warmup_steps", s.warmup_steps(), 0));

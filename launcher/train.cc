@@ -18,6 +18,8 @@
 #include "launcher/checkpoint.h"
 #include "launcher/spec.h"
 #include "optim/adamw.h"
+#include "optim/lion.h"
+#include "optim/sgd.h"
 #include "optim/schedule.h"
 #include "parallel/data_parallel.h"
 #include "parallel/process_grid.h"
@@ -32,12 +34,57 @@ std::string Hms(double seconds) {
   return absl::StrFormat("%d:%02d:%02d", s / 3600, (s / 60) % 60, s % 60);
 }
 
+absl::StatusOr<std::unique_ptr<optim::Optimizer>> MakeOptimizer(const Optimizer& spec,
+                                                                 core::Model* model) {
+  optim::DecayPolicy decay{.decay_1d = spec.decay_1d(),
+                           .no_decay = {spec.no_decay().begin(), spec.no_decay().end()}};
+  if (spec.has_lion()) {
+    const Lion& l = spec.lion();
+    return optim::Lion::Create(model,
+                               {.lr = l.lr(),
+                                .beta1 = l.beta1(),
+                                .beta2 = l.beta2(),
+                                .weight_decay = l.weight_decay(),
+                                .direction = l.k() == Lion::TANH ? core::cpu::LionDirection::kTanh
+                                                                 : core::cpu::LionDirection::kSign,
+                                .tau = l.tau()},
+                               l.momentum_dtype() == Lion::BF16, decay);
+  }
+  if (spec.has_sgd()) {
+    const Sgd& g = spec.sgd();
+    return optim::Sgd::Create(model,
+                              {.lr = g.lr(),
+                               .momentum = g.momentum(),
+                               .dampening = g.dampening(),
+                               .weight_decay = g.weight_decay(),
+                               .nesterov = g.nesterov()},
+                              decay);
+  }
+  const AdamW& a = spec.adamw();
+  return optim::AdamW::Create(
+      model,
+      {.lr = a.lr(),
+       .beta1 = a.beta1(),
+       .beta2 = a.beta2(),
+       .eps = a.eps(),
+       .weight_decay = a.weight_decay(),
+       .variant = a.variant() == AdamW::LLMC ? core::cpu::AdamWVariant::kLlmc
+                                             : core::cpu::AdamWVariant::kPyTorch},
+      decay);
+}
+
+float PeakLr(const Optimizer& spec) {
+  if (spec.has_lion()) return spec.lion().lr();
+  if (spec.has_sgd()) return spec.sgd().lr();
+  return spec.adamw().lr();
+}
+
 // Everything a rank builds before the first collective of the loop.
 struct Setup {
   std::unique_ptr<core::GPT2> model;
   std::optional<core::TokenFile> train_tokens, val_tokens;
   std::optional<core::DataLoader> train, val;
-  std::optional<optim::AdamW> opt;
+  std::unique_ptr<optim::Optimizer> opt;
   TrainState state;
 };
 
@@ -105,18 +152,9 @@ absl::Status BuildSetup(const Job& job, const TrainOptions& options, int data_ra
   }
   s->train->Seek(s->state.batches_consumed);
 
-  const AdamW& a = job.optimizer().adamw();
-  core::cpu::AdamWHyper hyper{.lr = a.lr(),
-                              .beta1 = a.beta1(),
-                              .beta2 = a.beta2(),
-                              .eps = a.eps(),
-                              .weight_decay = a.weight_decay(),
-                              .variant = a.variant() == AdamW::LLMC
-                                             ? core::cpu::AdamWVariant::kLlmc
-                                             : core::cpu::AdamWVariant::kPyTorch};
-  MT_ASSIGN_OR_RETURN(s->opt, optim::AdamW::Create(s->model.get(), hyper));
+  MT_ASSIGN_OR_RETURN(s->opt, MakeOptimizer(job.optimizer(), s->model.get()));
   if (ckpt) {
-    MT_RETURN_IF_ERROR(RestoreOptimizer(*ckpt, *s->model, &*s->opt));
+    MT_RETURN_IF_ERROR(RestoreOptimizer(*ckpt, *s->model, s->opt.get()));
   }
   s->state.job_text = JobToText(job);
   return absl::OkStatus();
@@ -187,7 +225,7 @@ absl::Status RunTraining(const Job& job, const TrainOptions& options,
   const Train& t = job.train();
   const int B = t.batch_size(), T = t.seq_len(), accum = t.grad_accum();
   const Schedule& sch = job.schedule();
-  optim::LrSchedule lr_at{.peak = job.optimizer().adamw().lr(),
+  optim::LrSchedule lr_at{.peak = PeakLr(job.optimizer()),
                           .warmup_steps = sch.warmup_steps(),
                           .total_steps = t.steps(),
                           .decay = sch.decay() == Schedule::COSINE   ? optim::Decay::kCosine
@@ -205,9 +243,9 @@ absl::Status RunTraining(const Job& job, const TrainOptions& options,
   if (rank == 0) {
     report.Line(absl::StrFormat(
         "%s, %d parameters; %d data rank(s) x %d threads; global batch %d tokens; "
-        "AdamW state %.1f MiB%s",
+        "%s state %.1f MiB%s",
         s.model->config().ToString(), s.model->num_parameters(), D, core::GetThreads(),
-        tokens_per_step, s.opt->state_bytes() / 1048576.0,
+        tokens_per_step, s.opt->name(), s.opt->state_bytes() / 1048576.0,
         options.resume ? absl::StrFormat("; resuming at step %d", s.state.step) : ""));
     report.Json(absl::StrFormat(
         R"({"event": "start", "step": %d, "params": %d, "opt_state_bytes": %d, "world": %d})",
@@ -244,7 +282,11 @@ absl::Status RunTraining(const Job& job, const TrainOptions& options,
     MT_RETURN_IF_ERROR(
         grid.data().AllReduce(&loss, 1, core::DType::kF64, parallel::ReduceOp::kSum).Wait());
     loss /= D;
-    s.opt->Step(lr);
+    // The gradients are all-reduced: every rank computes the same global norm.
+    const float clip = job.optimizer().clip_grad_norm();
+    const bool log = rank == 0 && ((step + 1) % t.log_every() == 0 || step + 1 == last_step);
+    const double grad_norm = (clip > 0 || log) ? optim::GlobalGradNorm(*s.model) : 0.0;
+    s.opt->Step(lr, optim::ClipScale(grad_norm, clip));
     s.state.step = step + 1;
     s.state.batches_consumed = s.train->batches_consumed();
     const double dt = std::chrono::duration<double>(Clock::now() - t0).count();
@@ -252,12 +294,11 @@ absl::Status RunTraining(const Job& job, const TrainOptions& options,
     const double eta = elapsed / (step + 1 - first_step) * (last_step - step - 1);
 
     if (rank == 0) {
-      const bool log = (step + 1) % t.log_every() == 0 || step + 1 == last_step;
       if (log) {
         report.Json(absl::StrFormat(
             R"({"step": %d, "loss": %.9g, "lr": %.9g, "tokens_per_sec": %.1f, "step_ms": %.3f, )"
-            R"("comm_wait_ms": %.3f})",
-            step + 1, loss, lr, tokens_per_step / dt, 1e3 * dt, wait_ms));
+            R"("comm_wait_ms": %.3f, "grad_norm": %.6g})",
+            step + 1, loss, lr, tokens_per_step / dt, 1e3 * dt, wait_ms, grad_norm));
       }
       report.Progress(
           absl::StrFormat("step %d/%d | loss %.4f | lr %.2e | %.0f tok/s | "

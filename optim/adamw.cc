@@ -2,42 +2,36 @@
 
 namespace memtrain::optim {
 
-absl::StatusOr<AdamW> AdamW::Create(core::Model* model, core::cpu::AdamWHyper hyper) {
-  AdamW opt;
-  opt.model_ = model;
-  opt.hyper_ = hyper;
+absl::StatusOr<std::unique_ptr<AdamW>> AdamW::Create(core::Model* model,
+                                                     core::cpu::AdamWHyper hyper,
+                                                     DecayPolicy decay) {
+  std::unique_ptr<AdamW> opt(new AdamW(model, hyper, std::move(decay)));
   for (int s = 0; s < model->num_stages(); ++s) {
     const core::ParamBlock& b = model->block(s);
-    MT_ASSIGN_OR_RETURN(core::Tensor m,
-                        core::Tensor::Zeros({b.numel()}, core::DType::kF32,
-                                            core::MemoryTag::kOptimizer, b.device()));
-    MT_ASSIGN_OR_RETURN(core::Tensor v,
-                        core::Tensor::Zeros({b.numel()}, core::DType::kF32,
-                                            core::MemoryTag::kOptimizer, b.device()));
-    opt.m_.push_back(std::move(m));
-    opt.v_.push_back(std::move(v));
+    for (auto* state : {&opt->m_, &opt->v_}) {
+      MT_ASSIGN_OR_RETURN(core::Tensor t,
+                          core::Tensor::Zeros({b.numel()}, core::DType::kF32,
+                                              core::MemoryTag::kOptimizer, b.device()));
+      state->push_back(std::move(t));
+    }
   }
   return opt;
 }
 
-void AdamW::StepBlock(int stage, float lr) {
+void AdamW::StepBlock(int stage, float lr, float grad_scale) {
   const core::ParamBlock& b = model_->block(stage);
   core::cpu::AdamWHyper h = hyper_;
   h.lr = lr;
   h.step = step_;
-  core::cpu::AdamWUpdate(b.params().f32(), b.grads().f32(), m_[stage].f32(), v_[stage].f32(),
-                         b.numel(), h);
+  ForEachDecayRange(stage, [&](int64_t off, int64_t n, bool decay) {
+    h.weight_decay = decay ? hyper_.weight_decay : 0.0f;
+    core::cpu::AdamWUpdate(b.params().f32() + off, b.grads().f32() + off, m_[stage].f32() + off,
+                           v_[stage].f32() + off, n, h, grad_scale);
+  });
 }
 
-void AdamW::Step(float lr) {
-  BeginStep();
-  for (int s = 0; s < model_->num_stages(); ++s) StepBlock(s, lr);
-}
-
-int64_t AdamW::state_bytes() const {
-  int64_t n = 0;
-  for (size_t i = 0; i < m_.size(); ++i) n += m_[i].nbytes() + v_[i].nbytes();
-  return n;
+std::vector<std::pair<std::string, core::Tensor>> AdamW::State(int stage) const {
+  return {{"m", m_[stage]}, {"v", v_[stage]}};
 }
 
 }  // namespace memtrain::optim

@@ -1,43 +1,36 @@
-// AdamW over a model's flat blocks: one fused pass per block over (params, grads, m, v), so it can
-// run block by block (and, with offload, on the host for a block that is not resident).
+// AdamW (PyTorch's, or llm.c's rounding order) over flat blocks; state m and v in fp32.
 //
-//   MT_ASSIGN_OR_RETURN(optim::AdamW opt, optim::AdamW::Create(model.get(), hyper));
-//   opt.Step(lr);            // all blocks, step count advanced once
+//   MT_ASSIGN_OR_RETURN(std::unique_ptr<optim::AdamW> opt, optim::AdamW::Create(model, hyper));
+//   opt->Step(lr);
 #ifndef MEMTRAIN_OPTIM_ADAMW_H_
 #define MEMTRAIN_OPTIM_ADAMW_H_
 
+#include <memory>
 #include <vector>
 
 #include "absl/status/statusor.h"
-#include "core/engine.h"
 #include "core/kernels/cpu/ops.h"
+#include "optim/optimizer.h"
 
 namespace memtrain::optim {
 
-class AdamW {
+class AdamW : public Optimizer {
  public:
-  // Allocates and zero-fills m and v (tag kOptimizer) for every block, touching them once up
-  // front so the first step does not pay for page faults.
-  static absl::StatusOr<AdamW> Create(core::Model* model, core::cpu::AdamWHyper hyper);
-
-  // One step over every block with learning rate `lr`.
-  void Step(float lr);
-  // Updates one block with the current step count; Step() = BeginStep + StepBlock for all blocks.
-  void BeginStep() { ++step_; }
-  void StepBlock(int stage, float lr);
-
-  int64_t step() const { return step_; }
-  void set_step(int64_t step) { step_ = step; }
-  // Flat first and second moments of stage `s` (checkpointing).
-  const core::Tensor& m(int s) const { return m_[s]; }
-  const core::Tensor& v(int s) const { return v_[s]; }
-  int64_t state_bytes() const;
-  const core::cpu::AdamWHyper& hyper() const { return hyper_; }
+  // Allocates and zero-fills m and v (tag kOptimizer), touching them once up front so the first
+  // step does not pay for page faults. hyper.lr and hyper.step are set per step.
+  static absl::StatusOr<std::unique_ptr<AdamW>> Create(core::Model* model,
+                                                       core::cpu::AdamWHyper hyper,
+                                                       DecayPolicy decay = {});
+  const char* name() const override { return "adamw"; }
+  void StepBlock(int stage, float lr, float grad_scale) override;
+  std::vector<std::pair<std::string, core::Tensor>> State(int stage) const override;
+  const core::Tensor& m(int stage) const { return m_[stage]; }
+  const core::Tensor& v(int stage) const { return v_[stage]; }
 
  private:
-  core::Model* model_ = nullptr;
+  AdamW(core::Model* model, core::cpu::AdamWHyper hyper, DecayPolicy decay)
+      : Optimizer(model, std::move(decay)), hyper_(hyper) {}
   core::cpu::AdamWHyper hyper_;
-  int64_t step_ = 0;
   std::vector<core::Tensor> m_, v_;  // per block, flat
 };
 

@@ -118,7 +118,9 @@ TEST_P(GPT2GoldenAdamWTest, TenStepsMatch) {
                                                  .beta2 = 0.999f,
                                                  .eps = 1e-8f,
                                                  .weight_decay = 0.1f,
-                                                 .variant = GetParam()});
+                                                 .variant = GetParam()},
+                                   // PyTorch's single parameter group and llm.c decay every tensor.
+                                   optim::DecayPolicy{.decay_1d = true});
   ASSERT_TRUE(opt.ok());
   const std::vector<float>& want =
       golden_[GetParam() == core::cpu::AdamWVariant::kLlmc ? "llmc_adamw_losses" : "adamw_losses"];
@@ -129,7 +131,7 @@ TEST_P(GPT2GoldenAdamWTest, TenStepsMatch) {
     EXPECT_NEAR(*loss, want[step], 1e-5 * want[step]) << "step " << step;
     engine.ZeroGrad();
     engine.Backward(batch());
-    opt->Step(1e-3f);
+    (*opt)->Step(1e-3f);
   }
 }
 

@@ -8,6 +8,8 @@
 #include <fstream>
 
 #include "core/safetensors.h"
+#include "optim/adamw.h"
+#include "optim/lion.h"
 
 namespace memtrain::launcher {
 namespace {
@@ -22,7 +24,7 @@ std::string FreshDir(const std::string& name) {
 
 struct Trained {
   std::unique_ptr<core::GPT2> model;
-  std::optional<optim::AdamW> opt;
+  std::unique_ptr<optim::AdamW> opt;
 };
 
 Trained MakeTrained() {
@@ -59,14 +61,19 @@ TEST(CheckpointTest, RoundTripIsExact) {
   EXPECT_EQ(loaded->state.step, 3);
   EXPECT_EQ(loaded->state.batches_consumed, 7);
   auto opt2 = optim::AdamW::Create(loaded->model.get(), {}).value();
-  ASSERT_TRUE(RestoreOptimizer(*loaded, *loaded->model, &opt2).ok());
-  EXPECT_EQ(opt2.step(), 3);
+  ASSERT_TRUE(RestoreOptimizer(*loaded, *loaded->model, opt2.get()).ok());
+  EXPECT_EQ(opt2->step(), 3);
+  // State of another optimizer kind is refused, naming both.
+  auto lion = optim::Lion::Create(loaded->model.get(), {}).value();
+  absl::Status other = RestoreOptimizer(*loaded, *loaded->model, lion.get());
+  EXPECT_EQ(other.code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_NE(other.message().find("adamw"), std::string::npos);
   for (int s = 0; s < t.model->num_stages(); ++s) {
     const core::Tensor& a = t.model->block(s).params();
     const core::Tensor& b = loaded->model->block(s).params();
     ASSERT_EQ(0, std::memcmp(a.raw(), b.raw(), a.nbytes()));
-    ASSERT_EQ(0, std::memcmp(t.opt->m(s).raw(), opt2.m(s).raw(), a.nbytes()));
-    ASSERT_EQ(0, std::memcmp(t.opt->v(s).raw(), opt2.v(s).raw(), a.nbytes()));
+    ASSERT_EQ(0, std::memcmp(t.opt->m(s).raw(), opt2->m(s).raw(), a.nbytes()));
+    ASSERT_EQ(0, std::memcmp(t.opt->v(s).raw(), opt2->v(s).raw(), a.nbytes()));
   }
   // Weights are plain safetensors with the block names.
   auto st = core::SafetensorsFile::Read(*folder + "/model.safetensors").value();

@@ -68,14 +68,13 @@ void EmbeddingForward(float* out, const int32_t* tokens, const float* wte, const
 void EmbeddingBackward(float* dwte, float* dwpe, const float* dout, const int32_t* tokens,
                        int64_t B, int64_t T, int64_t C, int64_t pos_offset = 0);
 
-// ---- residual
-// ------------------------------------------------------------------------------------- out = a + b
-// (out may alias either). Its backward is an accumulation: AddInPlace(da, dout).
+// ---- residual --------------------------------------------------------------------------------
+// out = a + b (out may alias either). Its backward is an accumulation: AddInPlace(da, dout).
 void ResidualForward(float* out, const float* a, const float* b, int64_t n);
 void AddInPlace(float* y, const float* x, int64_t n);
 
-// ---- AdamW
-// ------------------------------------------------------------------------------------------
+// ---- optimizers: one fused pass over (params, grads, state) of n elements --------------------
+// grad_scale multiplies every gradient first (global-norm clipping folded into the update).
 enum class AdamWVariant {
   kPyTorch,  // theta *= 1 - lr*wd, then theta -= lr * m_hat / (sqrt(v_hat) + eps)
   kLlmc,     // theta -= lr * (m_hat / (sqrt(v_hat) + eps) + wd * theta)
@@ -89,9 +88,45 @@ struct AdamWHyper {
   int64_t step = 1;  // 1-based, for bias correction
   AdamWVariant variant = AdamWVariant::kPyTorch;
 };
-// One fused pass: params, grads, m, v all (n).
 void AdamWUpdate(float* params, const float* grads, float* m, float* v, int64_t n,
-                 const AdamWHyper& h);
+                 const AdamWHyper& h, float grad_scale = 1.0f);
+
+// Lion (Chen et al. 2023) and Lion-K: theta *= 1 - lr*wd; c = beta1*m + (1-beta1)*g;
+// theta -= lr * dK(c); m = beta2*m + (1-beta2)*g.
+enum class LionDirection {
+  kSign,  // K = L1 norm: dK = sign, sign(0) = 0 (Lion)
+  kTanh,  // K = tau * sum log cosh(c / tau): dK = tanh(c / tau), a smooth sign
+};
+struct LionHyper {
+  float lr = 1e-4f;
+  float beta1 = 0.9f;
+  float beta2 = 0.99f;
+  float weight_decay = 0.0f;
+  LionDirection direction = LionDirection::kSign;
+  float tau = 1e-3f;  // for kTanh
+};
+// m (n) in fp32, or in bf16 (round to nearest even on every store) for half the state memory.
+void LionUpdate(float* params, const float* grads, float* m, int64_t n, const LionHyper& h,
+                float grad_scale = 1.0f);
+void LionUpdateBf16(float* params, const float* grads, uint16_t* m, int64_t n,
+                    const LionHyper& h, float grad_scale = 1.0f);
+
+// SGD with torch.optim.SGD's semantics: g += wd*theta; buf = g on the first step, else
+// momentum*buf + (1-dampening)*g; g = nesterov ? g + momentum*buf : buf; theta -= lr*g.
+struct SgdHyper {
+  float lr = 1e-2f;
+  float momentum = 0.0f;
+  float dampening = 0.0f;
+  float weight_decay = 0.0f;
+  bool nesterov = false;
+  int64_t step = 1;  // 1-based; step 1 initialises the buffer
+};
+// buf (n) may be null when momentum == 0.
+void SgdUpdate(float* params, const float* grads, float* buf, int64_t n, const SgdHyper& h,
+               float grad_scale = 1.0f);
+
+// sum of x^2 (n), accumulated in double across blocks: one read, no temporaries.
+double SquaredNorm(const float* x, int64_t n);
 
 }  // namespace memtrain::core::cpu
 

@@ -1,4 +1,4 @@
-// Fused softmax + cross-entropy, and the fused AdamW update.
+// Fused softmax + cross-entropy.
 #include <algorithm>
 #include <cmath>
 #include <limits>
@@ -40,28 +40,6 @@ void CrossEntropyBackward(float* dlogits, const float* logits, const float* lse,
     for (int64_t j = 0; j < V; ++j) d[j] = dloss * FastExp(x[j] - z);
     d[t] -= dloss;
     for (int64_t j = V; j < Vp; ++j) d[j] = 0.0f;
-  }
-}
-
-void AdamWUpdate(float* params, const float* grads, float* m, float* v, int64_t n,
-                 const AdamWHyper& h) {
-  const float b1 = h.beta1, b2 = h.beta2, lr = h.lr, eps = h.eps, wd = h.weight_decay;
-  const float bc1 = 1.0f - std::pow(b1, static_cast<float>(h.step));
-  const float bc2 = 1.0f - std::pow(b2, static_cast<float>(h.step));
-  const bool pytorch = h.variant == AdamWVariant::kPyTorch;
-  // PyTorch: theta * (1 - lr*wd) - (lr/bc1) * m / (sqrt(v)/sqrt(bc2) + eps).
-  // llm.c:   theta - lr * (m_hat / (sqrt(v_hat) + eps) + wd * theta). Same math, other rounding.
-  const float step_size = lr / bc1, bc2_sqrt = std::sqrt(bc2), decay = 1.0f - lr * wd;
-#pragma omp parallel for simd schedule(static)
-  for (int64_t i = 0; i < n; ++i) {
-    const float g = grads[i];
-    const float mi = b1 * m[i] + (1.0f - b1) * g;
-    const float vi = b2 * v[i] + (1.0f - b2) * g * g;
-    m[i] = mi;
-    v[i] = vi;
-    params[i] = pytorch
-                    ? params[i] * decay - step_size * mi / (std::sqrt(vi) / bc2_sqrt + eps)
-                    : params[i] - lr * (mi / bc1 / (std::sqrt(vi / bc2) + eps) + wd * params[i]);
   }
 }
 

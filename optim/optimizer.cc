@@ -1,0 +1,43 @@
+#include "optim/optimizer.h"
+
+#include <cmath>
+
+#include "core/kernels/cpu/ops.h"
+
+namespace memtrain::optim {
+
+bool DecayPolicy::Decays(const std::string& block, const core::ParamView& view) const {
+  for (const std::string& n : no_decay) {
+    if (n == view.name || n == block + "." + view.name) return false;
+  }
+  return view.decay || decay_1d;
+}
+
+void Optimizer::Step(float lr, float grad_scale) {
+  BeginStep();
+  for (int s = 0; s < model_->num_stages(); ++s) StepBlock(s, lr, grad_scale);
+}
+
+int64_t Optimizer::state_bytes() const {
+  int64_t n = 0;
+  for (int s = 0; s < model_->num_stages(); ++s) {
+    for (const auto& [name, t] : State(s)) n += t.nbytes();
+  }
+  return n;
+}
+
+double GlobalGradNorm(core::Model& model) {
+  double sum = 0.0;
+  for (int s = 0; s < model.num_stages(); ++s) {
+    const core::Tensor& g = model.block(s).grads();
+    sum += core::cpu::SquaredNorm(g.f32(), g.numel());
+  }
+  return std::sqrt(sum);
+}
+
+float ClipScale(double norm, float max_norm) {
+  if (max_norm <= 0.0f || !(norm > max_norm)) return 1.0f;
+  return static_cast<float>(max_norm / (norm + 1e-6));
+}
+
+}  // namespace memtrain::optim
