@@ -1,8 +1,8 @@
 // Optimizer-step throughput against this machine's memory bandwidth, measured in one run:
 //   bench_optim [--n ELEMENTS]        (default 64M parameters)
 // Reference: the best of glibc memcpy, an OpenMP-parallel memcpy (256 MiB) and STREAM's triad,
-// counting bytes read + written. Each optimizer: median of 5 steps over n parameters (state allocated and
-// touched up front), counting the bytes its fused pass must read and write:
+// counting bytes read + written. Each optimizer: median of 5 steps over n parameters (state
+// allocated and touched up front), counting the bytes its fused pass must read and write:
 //   AdamW 28 B/param (read p g m v, write p m v), Lion fp32 20 (read p g m, write p m),
 //   Lion bf16 16, SGD with momentum 20.
 #include <omp.h>
@@ -43,18 +43,21 @@ int main(int argc, char** argv) {
 
   const size_t copy_bytes = size_t{256} << 20;
   std::vector<char> src(copy_bytes, 1), dst(copy_bytes, 0);
-  const double t_memcpy = MedianSeconds([&] { std::memcpy(dst.data(), src.data(), copy_bytes); }, 5);
+  const double t_memcpy =
+      MedianSeconds([&] { std::memcpy(dst.data(), src.data(), copy_bytes); }, 5);
   const double t_par = MedianSeconds(
       [&] {
 #pragma omp parallel
         {
           const size_t parts = omp_get_num_threads(), me = omp_get_thread_num();
           const size_t chunk = copy_bytes / parts, off = me * chunk;
-          std::memcpy(dst.data() + off, src.data() + off, me + 1 == parts ? copy_bytes - off : chunk);
+          std::memcpy(dst.data() + off, src.data() + off,
+                      me + 1 == parts ? copy_bytes - off : chunk);
         }
       },
       5);
-  const double bw_memcpy = 2.0 * copy_bytes / t_memcpy / 1e9, bw_par = 2.0 * copy_bytes / t_par / 1e9;
+  const double bw_memcpy = 2.0 * copy_bytes / t_memcpy / 1e9,
+               bw_par = 2.0 * copy_bytes / t_par / 1e9;
   // STREAM's triad (a = b + s*c, 12 bytes per element) over 3 x 256 MiB, OpenMP.
   const int64_t tn = copy_bytes / 4;
   std::vector<float> ta(tn, 0.0f), tb(tn, 1.0f), tc(tn, 2.0f);
@@ -68,9 +71,10 @@ int main(int argc, char** argv) {
       5);
   const double bw_triad = 12.0 * tn / t_triad / 1e9;
   const double bw = std::max({bw_memcpy, bw_par, bw_triad});
-  std::printf("threads %d; memcpy 256 MiB: %.1f GB/s (glibc), %.1f GB/s (OpenMP); STREAM triad "
-              "%.1f GB/s; reference = the best, %.1f GB/s (bytes read + written)\n",
-              threads, bw_memcpy, bw_par, bw_triad, bw);
+  std::printf(
+      "threads %d; memcpy 256 MiB: %.1f GB/s (glibc), %.1f GB/s (OpenMP); STREAM triad "
+      "%.1f GB/s; reference = the best, %.1f GB/s (bytes read + written)\n",
+      threads, bw_memcpy, bw_par, bw_triad, bw);
 
   std::vector<float> p(n), g(n), m(n, 0.0f), v(n, 0.0f);
   std::vector<uint16_t> mb(n, 0);
@@ -91,7 +95,9 @@ int main(int argc, char** argv) {
       {"Lion (fp32 momentum)", 20,
        [&] { core::cpu::LionUpdate(p.data(), g.data(), m.data(), n, {.weight_decay = 0.1f}); }},
       {"Lion (bf16 momentum)", 16,
-       [&] { core::cpu::LionUpdateBf16(p.data(), g.data(), mb.data(), n, {.weight_decay = 0.1f}); }},
+       [&] {
+         core::cpu::LionUpdateBf16(p.data(), g.data(), mb.data(), n, {.weight_decay = 0.1f});
+       }},
       {"Lion-K tanh (fp32)", 20,
        [&] {
          core::cpu::LionUpdate(p.data(), g.data(), m.data(), n,
@@ -99,16 +105,15 @@ int main(int argc, char** argv) {
        }},
       {"SGD momentum", 20,
        [&] {
-         core::cpu::SgdUpdate(p.data(), g.data(), v.data(), n,
-                              {.momentum = 0.9f, .step = ++step});
+         core::cpu::SgdUpdate(p.data(), g.data(), v.data(), n, {.momentum = 0.9f, .step = ++step});
        }},
   };
   std::printf("%lld parameters:\n", static_cast<long long>(n));
   for (const Case& c : cases) {
     const double t = MedianSeconds(c.run, 5);
     const double gbs = c.bytes_per_param * n / t / 1e9;
-    std::printf("  %-22s %7.1f ms  %6.1f GB/s  = %5.1f%% of the reference\n", c.name,
-                1e3 * t, gbs, 100.0 * gbs / bw);
+    std::printf("  %-22s %7.1f ms  %6.1f GB/s  = %5.1f%% of the reference\n", c.name, 1e3 * t, gbs,
+                100.0 * gbs / bw);
   }
   return 0;
 }

@@ -95,9 +95,9 @@ absl::Status SaveCheckpoint(const std::string& dir, int keep, const TrainState& 
       state_tensors.push_back({model.block(s).name() + "." + name, t});
     }
   }
-  MT_RETURN_IF_ERROR(core::WriteSafetensors(
-      tmp + "/optimizer.safetensors", state_tensors,
-      {{"optimizer", opt.name()}, {"step", std::to_string(opt.step())}}));
+  MT_RETURN_IF_ERROR(
+      core::WriteSafetensors(tmp + "/optimizer.safetensors", state_tensors,
+                             {{"optimizer", opt.name()}, {"step", std::to_string(opt.step())}}));
   Json files = Json::object();
   for (const char* f : {"model.safetensors", "optimizer.safetensors"}) {
     MT_ASSIGN_OR_RETURN(std::string bytes, ReadWholeFile(tmp + "/" + f));

@@ -133,8 +133,8 @@ absl::Status ApplyOverride(Job* job, const std::string& assignment) {
   for (size_t i = 0; i < parts.size(); ++i) {
     const pb::FieldDescriptor* f = msg->GetDescriptor()->FindFieldByName(parts[i]);
     const bool last = i + 1 == parts.size();
-    if (f == nullptr || (f->is_repeated() &&
-                         !(last && f->cpp_type() == pb::FieldDescriptor::CPPTYPE_STRING))) {
+    if (f == nullptr ||
+        (f->is_repeated() && !(last && f->cpp_type() == pb::FieldDescriptor::CPPTYPE_STRING))) {
       std::string known;
       for (int k = 0; k < msg->GetDescriptor()->field_count(); ++k) {
         absl::StrAppend(&known, k ? ", " : "", msg->GetDescriptor()->field(k)->name());

@@ -19,8 +19,8 @@
 #include "launcher/spec.h"
 #include "optim/adamw.h"
 #include "optim/lion.h"
-#include "optim/sgd.h"
 #include "optim/schedule.h"
+#include "optim/sgd.h"
 #include "parallel/data_parallel.h"
 #include "parallel/process_grid.h"
 
@@ -35,7 +35,7 @@ std::string Hms(double seconds) {
 }
 
 absl::StatusOr<std::unique_ptr<optim::Optimizer>> MakeOptimizer(const Optimizer& spec,
-                                                                 core::Model* model) {
+                                                                core::Model* model) {
   optim::DecayPolicy decay{.decay_1d = spec.decay_1d(),
                            .no_decay = {spec.no_decay().begin(), spec.no_decay().end()}};
   if (spec.has_lion()) {

@@ -20,9 +20,9 @@ namespace memtrain::optim {
 
 // Which views get weight decay.
 struct DecayPolicy {
-  bool decay_1d = false;               // also decay 1-D views (biases, norm weights)
-  std::vector<std::string> no_decay;   // views whose name matches are never decayed
-                                       // (a name or a "<block>.<name>", e.g. "wpe", "h.0.fcw")
+  bool decay_1d = false;              // also decay 1-D views (biases, norm weights)
+  std::vector<std::string> no_decay;  // views whose name matches are never decayed
+                                      // (a name or a "<block>.<name>", e.g. "wpe", "h.0.fcw")
   bool Decays(const std::string& block, const core::ParamView& view) const;
 };
 

@@ -113,14 +113,15 @@ class GPT2GoldenAdamWTest : public GPT2GoldenTest,
 // 10 steps on the same batch, as llm.c's test does; PyTorch's AdamW and llm.c's update.
 TEST_P(GPT2GoldenAdamWTest, TenStepsMatch) {
   core::Engine engine(model_.get());
-  auto opt = optim::AdamW::Create(model_.get(), {.lr = 1e-3f,
-                                                 .beta1 = 0.9f,
-                                                 .beta2 = 0.999f,
-                                                 .eps = 1e-8f,
-                                                 .weight_decay = 0.1f,
-                                                 .variant = GetParam()},
-                                   // PyTorch's single parameter group and llm.c decay every tensor.
-                                   optim::DecayPolicy{.decay_1d = true});
+  auto opt = optim::AdamW::Create(model_.get(),
+                                  {.lr = 1e-3f,
+                                   .beta1 = 0.9f,
+                                   .beta2 = 0.999f,
+                                   .eps = 1e-8f,
+                                   .weight_decay = 0.1f,
+                                   .variant = GetParam()},
+                                  // PyTorch's single parameter group and llm.c decay every tensor.
+                                  optim::DecayPolicy{.decay_1d = true});
   ASSERT_TRUE(opt.ok());
   const std::vector<float>& want =
       golden_[GetParam() == core::cpu::AdamWVariant::kLlmc ? "llmc_adamw_losses" : "adamw_losses"];

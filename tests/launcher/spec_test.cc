@@ -82,6 +82,14 @@ TEST(SpecTest, SemanticErrorsNameTheFieldAndTheFix) {
       {"parallel.sequence=2", 4, "parallel.sequence = 2: sequence parallelism is not"},
       {"data.train_tokens=", 2, "data.train_tokens"},
       {"schedule.min_lr_ratio=2", 2, "schedule.min_lr_ratio = 2: must be in [0, 1]"},
+      {"optimizer.lion.lr=0", 2, "optimizer.lion.lr = 0: must be > 0"},
+      {"optimizer.lion.beta2=1", 2, "optimizer.lion.beta2 = 1: must be in [0, 1)"},
+      {"optimizer.lion.beta1=-0.1", 2, "optimizer.lion.beta1 = -0.1: must be in [0, 1)"},
+      {"optimizer.lion.weight_decay=-1", 2, "optimizer.lion.weight_decay = -1: must be >= 0"},
+      {"optimizer.lion.tau=0", 2, "optimizer.lion.tau = 0: must be > 0"},
+      {"optimizer.sgd.lr=-1", 2, "optimizer.sgd.lr = -1: must be > 0"},
+      {"optimizer.sgd.nesterov=true", 2, "Nesterov momentum needs momentum > 0"},
+      {"optimizer.clip_grad_norm=-1", 2, "optimizer.clip_grad_norm = -1: must be >= 0"},
   };
   for (const Case& c : cases) {
     Job job = ParseJobText(kGood, "job").value();
@@ -92,6 +100,20 @@ TEST(SpecTest, SemanticErrorsNameTheFieldAndTheFix) {
     EXPECT_NE(s.message().find(c.expect), std::string::npos) << c.set << " -> " << s;
   }
   EXPECT_TRUE(ValidateJob(Filled(kGood), 2).ok());
+  // An unknown Lion-K direction is refused where it is written.
+  Job job = ParseJobText(kGood, "job").value();
+  absl::Status k = ApplyOverride(&job, "optimizer.lion.k=L2");
+  EXPECT_EQ(k.code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_NE(k.message().find("optimizer.lion.k"), std::string::npos) << k;
+  auto parsed = ParseJobText("optimizer { lion { k: CUBIC } }", "j.pbtxt");
+  EXPECT_NE(parsed.status().message().find("j.pbtxt:1:"), std::string::npos) << parsed.status();
+  EXPECT_NE(parsed.status().message().find("CUBIC"), std::string::npos);
+  // Setting a Lion field switches the optimizer from AdamW to Lion.
+  ASSERT_TRUE(ApplyOverride(&job, "optimizer.lion.lr=3e-4").ok());
+  EXPECT_TRUE(job.optimizer().has_lion());
+  EXPECT_FALSE(job.optimizer().has_adamw());
+  ASSERT_TRUE(ApplyOverride(&job, "optimizer.no_decay=wpe").ok());
+  EXPECT_EQ(job.optimizer().no_decay(0), "wpe");
   absl::Status files = ValidateFiles(Filled(kGood));
   EXPECT_EQ(files.code(), absl::StatusCode::kNotFound);
   EXPECT_NE(files.message().find("data.train_tokens = \"t.bin\""), std::string::npos);

@@ -26,18 +26,28 @@ losses() {
 
 case $CASE in
 resume)
-  $TRAINER "$JOB" "${DATA[@]}" --quiet --set checkpoint.dir="$W/a" \
-    --set output.metrics="$W/a.jsonl" || fail "uninterrupted run"
-  $TRAINER "$JOB" "${DATA[@]}" --quiet --set checkpoint.dir="$W/b" \
-    --set output.metrics="$W/b.jsonl" --stop_after 10 || fail "first half"
-  [ "$(cat "$W/b/latest")" = step_00000010 ] || fail "no checkpoint at step 10"
-  $TRAINER "$JOB" "${DATA[@]}" --quiet --set checkpoint.dir="$W/b" \
-    --set output.metrics="$W/b.jsonl" --resume || fail "resumed half"
-  diff <(losses "$W/a.jsonl") <(losses "$W/b.jsonl") || fail "metrics differ after resume"
-  [ "$(losses "$W/a.jsonl" | grep -c '"loss"')" = 20 ] || fail "expected 20 loss lines"
-  for f in model.safetensors optimizer.safetensors; do
-    cmp "$W/a/step_00000020/$f" "$W/b/step_00000020/$f" || fail "$f differs after resume"
+  # AdamW (the job's), and Lion with bf16 momentum and clipping.
+  for opt in adamw lion; do
+    EXTRA=()
+    [ $opt = lion ] && EXTRA=(--set optimizer.lion.lr=1e-3 --set optimizer.lion.momentum_dtype=BF16
+                              --set optimizer.clip_grad_norm=0.5)
+    $TRAINER "$JOB" "${DATA[@]}" "${EXTRA[@]}" --quiet --set checkpoint.dir="$W/a$opt" \
+      --set output.metrics="$W/a$opt.jsonl" || fail "$opt: uninterrupted run"
+    $TRAINER "$JOB" "${DATA[@]}" "${EXTRA[@]}" --quiet --set checkpoint.dir="$W/b$opt" \
+      --set output.metrics="$W/b$opt.jsonl" --stop_after 10 || fail "$opt: first half"
+    [ "$(cat "$W/b$opt/latest")" = step_00000010 ] || fail "$opt: no checkpoint at step 10"
+    $TRAINER "$JOB" "${DATA[@]}" "${EXTRA[@]}" --quiet --set checkpoint.dir="$W/b$opt" \
+      --set output.metrics="$W/b$opt.jsonl" --resume || fail "$opt: resumed half"
+    diff <(losses "$W/a$opt.jsonl") <(losses "$W/b$opt.jsonl") || fail "$opt: metrics differ"
+    [ "$(losses "$W/a$opt.jsonl" | grep -c '"loss"')" = 20 ] || fail "expected 20 loss lines"
+    for f in model.safetensors optimizer.safetensors; do
+      cmp "$W/a$opt/step_00000020/$f" "$W/b$opt/step_00000020/$f" || fail "$opt: $f differs"
+    done
   done
+  # Resuming with another optimizer is refused.
+  out=$($TRAINER "$JOB" "${DATA[@]}" --quiet --set checkpoint.dir="$W/badamw" --resume \
+        --set train.steps=30 --set optimizer.lion.lr=1e-3 2>&1); rc=$?
+  [ $rc = 2 ] && echo "$out" | grep -q "holds adamw state" || fail "optimizer switch: $rc $out"
   echo "resume: 10 + 10 steps == 20 steps, bit for bit"
   ;;
 dp)

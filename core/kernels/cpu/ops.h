@@ -108,8 +108,8 @@ struct LionHyper {
 // m (n) in fp32, or in bf16 (round to nearest even on every store) for half the state memory.
 void LionUpdate(float* params, const float* grads, float* m, int64_t n, const LionHyper& h,
                 float grad_scale = 1.0f);
-void LionUpdateBf16(float* params, const float* grads, uint16_t* m, int64_t n,
-                    const LionHyper& h, float grad_scale = 1.0f);
+void LionUpdateBf16(float* params, const float* grads, uint16_t* m, int64_t n, const LionHyper& h,
+                    float grad_scale = 1.0f);
 
 // SGD with torch.optim.SGD's semantics: g += wd*theta; buf = g on the first step, else
 // momentum*buf + (1-dampening)*g; g = nesterov ? g + momentum*buf : buf; theta -= lr*g.

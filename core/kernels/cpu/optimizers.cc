@@ -76,8 +76,8 @@ void LionUpdate(float* params, const float* grads, float* m, int64_t n, const Li
       [m](int64_t i, float x) { m[i] = x; });
 }
 
-void LionUpdateBf16(float* params, const float* grads, uint16_t* m, int64_t n,
-                    const LionHyper& h, float grad_scale) {
+void LionUpdateBf16(float* params, const float* grads, uint16_t* m, int64_t n, const LionHyper& h,
+                    float grad_scale) {
   LionDispatch(
       params, grads, n, h, grad_scale, [m](int64_t i) { return Bf16ToFloat(m[i]); },
       [m](int64_t i, float x) { m[i] = FloatToBf16(x); });
