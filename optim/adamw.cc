@@ -6,15 +6,8 @@ absl::StatusOr<std::unique_ptr<AdamW>> AdamW::Create(core::Model* model,
                                                      core::cpu::AdamWHyper hyper,
                                                      DecayPolicy decay) {
   std::unique_ptr<AdamW> opt(new AdamW(model, hyper, std::move(decay)));
-  for (int s = 0; s < model->num_stages(); ++s) {
-    const core::ParamBlock& b = model->block(s);
-    for (auto* state : {&opt->m_, &opt->v_}) {
-      MT_ASSIGN_OR_RETURN(core::Tensor t,
-                          core::Tensor::Zeros({b.numel()}, core::DType::kF32,
-                                              core::MemoryTag::kOptimizer, b.device()));
-      state->push_back(std::move(t));
-    }
-  }
+  MT_ASSIGN_OR_RETURN(opt->m_, opt->ZeroState(core::DType::kF32));
+  MT_ASSIGN_OR_RETURN(opt->v_, opt->ZeroState(core::DType::kF32));
   return opt;
 }
 

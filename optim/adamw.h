@@ -16,8 +16,7 @@ namespace memtrain::optim {
 
 class AdamW : public Optimizer {
  public:
-  // Allocates and zero-fills m and v (tag kOptimizer), touching them once up front so the first
-  // step does not pay for page faults. hyper.lr and hyper.step are set per step.
+  // Allocates zero-filled m and v. hyper.lr and hyper.step are set per step.
   static absl::StatusOr<std::unique_ptr<AdamW>> Create(core::Model* model,
                                                        core::cpu::AdamWHyper hyper,
                                                        DecayPolicy decay = {});

@@ -5,14 +5,8 @@ namespace memtrain::optim {
 absl::StatusOr<std::unique_ptr<Lion>> Lion::Create(core::Model* model, core::cpu::LionHyper hyper,
                                                    bool bf16_momentum, DecayPolicy decay) {
   std::unique_ptr<Lion> opt(new Lion(model, hyper, std::move(decay)));
-  for (int s = 0; s < model->num_stages(); ++s) {
-    const core::ParamBlock& b = model->block(s);
-    MT_ASSIGN_OR_RETURN(
-        core::Tensor m,
-        core::Tensor::Zeros({b.numel()}, bf16_momentum ? core::DType::kBF16 : core::DType::kF32,
-                            core::MemoryTag::kOptimizer, b.device()));
-    opt->m_.push_back(std::move(m));
-  }
+  MT_ASSIGN_OR_RETURN(opt->m_,
+                      opt->ZeroState(bf16_momentum ? core::DType::kBF16 : core::DType::kF32));
   return opt;
 }
 

@@ -26,6 +26,18 @@ int64_t Optimizer::state_bytes() const {
   return n;
 }
 
+absl::StatusOr<std::vector<core::Tensor>> Optimizer::ZeroState(core::DType dtype) const {
+  std::vector<core::Tensor> out;
+  for (int s = 0; s < model_->num_stages(); ++s) {
+    const core::ParamBlock& b = model_->block(s);
+    MT_ASSIGN_OR_RETURN(
+        core::Tensor t,
+        core::Tensor::Zeros({b.numel()}, dtype, core::MemoryTag::kOptimizer, b.device()));
+    out.push_back(std::move(t));
+  }
+  return out;
+}
+
 double GlobalGradNorm(core::Model& model) {
   double sum = 0.0;
   for (int s = 0; s < model.num_stages(); ++s) {

@@ -14,6 +14,7 @@
 #include <utility>
 #include <vector>
 
+#include "absl/status/statusor.h"
 #include "core/engine.h"
 
 namespace memtrain::optim {
@@ -49,6 +50,9 @@ class Optimizer {
   // views with the same decay are merged, so a block is still one pass over memory.
   template <typename Fn>
   void ForEachDecayRange(int stage, Fn fn) const;
+  // One zero-filled flat state tensor per block (tag kOptimizer), touched up front so the first
+  // step does not pay for page faults.
+  absl::StatusOr<std::vector<core::Tensor>> ZeroState(core::DType dtype) const;
 
   core::Model* model_;
   DecayPolicy decay_;

@@ -6,13 +6,7 @@ absl::StatusOr<std::unique_ptr<Sgd>> Sgd::Create(core::Model* model, core::cpu::
                                                  DecayPolicy decay) {
   std::unique_ptr<Sgd> opt(new Sgd(model, hyper, std::move(decay)));
   if (hyper.momentum != 0.0f) {
-    for (int s = 0; s < model->num_stages(); ++s) {
-      const core::ParamBlock& b = model->block(s);
-      MT_ASSIGN_OR_RETURN(core::Tensor t,
-                          core::Tensor::Zeros({b.numel()}, core::DType::kF32,
-                                              core::MemoryTag::kOptimizer, b.device()));
-      opt->buf_.push_back(std::move(t));
-    }
+    MT_ASSIGN_OR_RETURN(opt->buf_, opt->ZeroState(core::DType::kF32));
   }
   return opt;
 }

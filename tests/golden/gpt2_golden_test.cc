@@ -121,7 +121,7 @@ TEST_P(GPT2GoldenAdamWTest, TenStepsMatch) {
                                    .weight_decay = 0.1f,
                                    .variant = GetParam()},
                                   // PyTorch's single parameter group and llm.c decay every tensor.
-                                  optim::DecayPolicy{.decay_1d = true});
+                                  optim::DecayPolicy{.decay_1d = true, .no_decay = {}});
   ASSERT_TRUE(opt.ok());
   const std::vector<float>& want =
       golden_[GetParam() == core::cpu::AdamWVariant::kLlmc ? "llmc_adamw_losses" : "adamw_losses"];
