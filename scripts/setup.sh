@@ -7,7 +7,7 @@ BUILD_DIR=${1:-build}
 
 PKGS=(build-essential cmake ninja-build pkg-config git
       libopenblas-openmp-dev libabsl-dev libprotobuf-dev protobuf-compiler
-      libopenmpi-dev openmpi-bin zlib1g-dev liburing-dev
+      libopenmpi-dev openmpi-bin zlib1g-dev liburing-dev nlohmann-json3-dev
       libgtest-dev libgmock-dev libbenchmark-dev
       bible-kjv gnuplot-nox)
 missing=()
