@@ -3,6 +3,7 @@
 #include <unistd.h>
 
 #include <chrono>
+#include <cmath>
 #include <cstdio>
 #include <filesystem>
 #include <memory>
@@ -282,6 +283,13 @@ absl::Status RunTraining(const Job& job, const TrainOptions& options,
     MT_RETURN_IF_ERROR(
         grid.data().AllReduce(&loss, 1, core::DType::kF64, parallel::ReduceOp::kSum).Wait());
     loss /= D;
+    if (!std::isfinite(loss)) {
+      // Every rank sees the same all-reduced loss, so all stop here together.
+      return absl::InternalError(absl::StrFormat(
+          "the training loss is %f at step %d; lower the learning rate, add warm-up or set "
+          "optimizer.clip_grad_norm (the last checkpoint, if any, is intact)",
+          loss, step + 1));
+    }
     // The gradients are all-reduced: every rank computes the same global norm.
     const float clip = job.optimizer().clip_grad_norm();
     const bool log = rank == 0 && ((step + 1) % t.log_every() == 0 || step + 1 == last_step);

@@ -111,7 +111,9 @@ tools)
     "$SRC/scripts/plot_metrics.sh" "$W/t.jsonl" "$W/t.png" >/dev/null || fail "plot"
     [ -s "$W/t.png" ] || fail "plot wrote no PNG"
   fi
-  echo "tools: --check, sample, export, init_from work"
+  out=$($TRAINER "$JOB" "${DATA[@]}" --quiet --set optimizer.adamw.lr=1e30 2>&1); rc=$?
+  [ $rc = 1 ] && echo "$out" | grep -q "training loss is" || fail "diverging run: rc $rc: $out"
+  echo "tools: --check, sample, export, init_from, plot work; a diverging run stops with exit 1"
   ;;
 *) fail "unknown case $CASE" ;;
 esac
