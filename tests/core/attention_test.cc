@@ -56,7 +56,6 @@ TEST_P(AttentionTest, ForwardMatchesNaiveAndBackwardMatchesFiniteDifferences) {
   AttentionForward(out.data(), lse.data(), qkv.data(), B, T, C, NH);
   EXPECT_TRUE(AllClose(out, NaiveAttention(ToDouble(qkv), B, T, C, NH), 1e-5));
 
-  AttentionBackward(dqkv.data(), R.data(), qkv.data(), out.data(), lse.data(), B, T, C, NH);
   auto g = NumericalGrad(
       [&](const std::vector<double>& x) {
         auto o = NaiveAttention(x, B, T, C, NH);
@@ -65,7 +64,16 @@ TEST_P(AttentionTest, ForwardMatchesNaiveAndBackwardMatchesFiniteDifferences) {
         return s;
       },
       ToDouble(qkv));
-  EXPECT_TRUE(AllClose(dqkv, g, 1e-4));
+  // Both backward schedules: one task per (batch, head) when there are at least as many pairs as
+  // threads, per-tile passes when there are fewer.
+  const int saved = core::GetThreads();
+  for (int threads : {1, 64}) {
+    core::SetThreads(threads);
+    std::fill(dqkv.begin(), dqkv.end(), 123.0f);
+    AttentionBackward(dqkv.data(), R.data(), qkv.data(), out.data(), lse.data(), B, T, C, NH);
+    EXPECT_TRUE(AllClose(dqkv, g, 1e-4)) << threads << " threads";
+  }
+  core::SetThreads(saved);
 }
 
 INSTANTIATE_TEST_SUITE_P(Shapes, AttentionTest,

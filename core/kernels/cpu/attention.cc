@@ -3,13 +3,19 @@
 // Forward: each task is one (batch, head, tile of kQueryTile queries); it walks the key tiles up to
 // the diagonal keeping a running max m, sum l and unnormalised output per query, so the memory per
 // task is O(kQueryTile * HS) whatever T is. It saves lse = m + log(l) per query.
-// Backward: one task per (batch, head). Key tiles are the outer loop (their k, v, dk, dv stay in
-// cache); the probabilities are recomputed from q, k and lse; D_i = dout_i . out_i.
+// Backward: the probabilities are recomputed from q, k and lse; D_i = dout_i . out_i. With at
+// least as many (batch, head) pairs as threads, one task per pair walks key tiles outer (k, v,
+// dk, dv stay in cache). With fewer (a long sequence with few heads, e.g. a sequence-parallel
+// shard) it splits FlashAttention-2 style without atomics: pass 1 has a task per key tile
+// accumulating dk, dv; pass 2 a task per query tile accumulating dq; p and dp are computed twice.
+#include <omp.h>
+
 #include <algorithm>
 #include <cmath>
 #include <limits>
 #include <vector>
 
+#include "core/kernels/cpu/fast_math.h"
 #include "core/kernels/cpu/ops.h"
 
 namespace memtrain::core::cpu {
@@ -94,8 +100,11 @@ void AttentionForward(float* out, float* lse, const float* qkv, int64_t B, int64
   }
 }
 
-void AttentionBackward(float* dqkv, const float* dout, const float* qkv, const float* out,
-                       const float* lse, int64_t B, int64_t T, int64_t C, int64_t NH) {
+namespace {
+
+// One task per (batch, head); key tiles outer so k, v, dk, dv stay in cache.
+void BackwardPerHead(float* dqkv, const float* dout, const float* qkv, const float* out,
+                     const float* lse, int64_t B, int64_t T, int64_t C, int64_t NH) {
   const int64_t HS = C / NH;
   const int64_t C3 = 3 * C;
   const float scale = 1.0f / std::sqrt(static_cast<float>(HS));
@@ -126,7 +135,7 @@ void AttentionBackward(float* dqkv, const float* dout, const float* qkv, const f
             for (int64_t j = j0; j < jlim; ++j) {
               const float* kj = base + j * C3 + C + h * HS;
               const float* vj = base + j * C3 + 2 * C + h * HS;
-              const float p = std::exp(scale * Dot(qi, kj, HS) - lse_bh[i]);
+              const float p = FastExp(scale * Dot(qi, kj, HS) - lse_bh[i]);
               const float dp = Dot(doi, vj, HS);
               const float ds = p * (dp - D[i]) * scale;
               Axpy(dbase + j * C3 + 2 * C + h * HS, p, doi, HS);  // dv_j
@@ -137,6 +146,105 @@ void AttentionBackward(float* dqkv, const float* dout, const float* qkv, const f
         }
       }
     }
+  }
+}
+
+void BackwardPerTile(float* dqkv, const float* dout, const float* qkv, const float* out,
+                     const float* lse, int64_t B, int64_t T, int64_t C, int64_t NH) {
+  const int64_t HS = C / NH;
+  const int64_t C3 = 3 * C;
+  const float scale = 1.0f / std::sqrt(static_cast<float>(HS));
+  const int64_t n_kt = (T + kKeyTile - 1) / kKeyTile;
+  const int64_t n_qt = (T + kQueryTile - 1) / kQueryTile;
+  // D_i = dout_i . out_i, per (b, h, i).
+  std::vector<float> D(B * NH * T);
+#pragma omp parallel for collapse(3) schedule(static)
+  for (int64_t b = 0; b < B; ++b) {
+    for (int64_t h = 0; h < NH; ++h) {
+      for (int64_t i = 0; i < T; ++i) {
+        const int64_t row = (b * T + i) * C + h * HS;
+        D[(b * NH + h) * T + i] = Dot(dout + row, out + row, HS);
+      }
+    }
+  }
+#pragma omp parallel
+  {
+    // Pass 1: dk and dv. A task owns one key tile of one (b, h) and walks every query that sees
+    // it, so no two tasks write the same rows.
+#pragma omp for collapse(3) schedule(dynamic, 1)
+    for (int64_t b = 0; b < B; ++b) {
+      for (int64_t h = 0; h < NH; ++h) {
+        for (int64_t kt = 0; kt < n_kt; ++kt) {  // the first tiles see the most queries
+          const float* base = qkv + b * T * C3;
+          float* dbase = dqkv + b * T * C3;
+          const float* lse_bh = lse + (b * NH + h) * T;
+          const float* D_bh = D.data() + (b * NH + h) * T;
+          const int64_t j0 = kt * kKeyTile, j1 = std::min(T, j0 + kKeyTile);
+          for (int64_t j = j0; j < j1; ++j) {
+            std::fill_n(dbase + j * C3 + C + h * HS, HS, 0.0f);
+            std::fill_n(dbase + j * C3 + 2 * C + h * HS, HS, 0.0f);
+          }
+          for (int64_t i = j0; i < T; ++i) {
+            const float* qi = base + i * C3 + h * HS;
+            const float* doi = dout + (b * T + i) * C + h * HS;
+            const int64_t jlim = std::min(j1, i + 1);
+            for (int64_t j = j0; j < jlim; ++j) {
+              const float* kj = base + j * C3 + C + h * HS;
+              const float* vj = base + j * C3 + 2 * C + h * HS;
+              const float p = FastExp(scale * Dot(qi, kj, HS) - lse_bh[i]);
+              const float ds = p * (Dot(doi, vj, HS) - D_bh[i]) * scale;
+              Axpy(dbase + j * C3 + 2 * C + h * HS, p, doi, HS);  // dv_j
+              Axpy(dbase + j * C3 + C + h * HS, ds, qi, HS);      // dk_j
+            }
+          }
+        }
+      }
+    }
+    // Pass 2: dq. A task owns one query tile and walks the keys up to the diagonal
+    // (recomputing p and dp: cheaper than synchronising writes to dq across key tiles).
+#pragma omp for collapse(3) schedule(dynamic, 1)
+    for (int64_t b = 0; b < B; ++b) {
+      for (int64_t h = 0; h < NH; ++h) {
+        for (int64_t qt = n_qt - 1; qt >= 0; --qt) {  // longest tiles first
+          const float* base = qkv + b * T * C3;
+          float* dbase = dqkv + b * T * C3;
+          const float* lse_bh = lse + (b * NH + h) * T;
+          const float* D_bh = D.data() + (b * NH + h) * T;
+          const int64_t i0 = qt * kQueryTile, i1 = std::min(T, i0 + kQueryTile);
+          for (int64_t i = i0; i < i1; ++i) std::fill_n(dbase + i * C3 + h * HS, HS, 0.0f);
+          // Key tiles outer, so each k, v tile is reused by every query of this tile.
+          for (int64_t j0 = 0; j0 < i1; j0 += kKeyTile) {
+            const int64_t j1 = std::min(i1, j0 + kKeyTile);
+            for (int64_t i = std::max(i0, j0); i < i1; ++i) {
+              const float* qi = base + i * C3 + h * HS;
+              const float* doi = dout + (b * T + i) * C + h * HS;
+              float* dqi = dbase + i * C3 + h * HS;
+              const int64_t jlim = std::min(j1, i + 1);
+              for (int64_t j = j0; j < jlim; ++j) {
+                const float* kj = base + j * C3 + C + h * HS;
+                const float* vj = base + j * C3 + 2 * C + h * HS;
+                const float p = FastExp(scale * Dot(qi, kj, HS) - lse_bh[i]);
+                const float ds = p * (Dot(doi, vj, HS) - D_bh[i]) * scale;
+                Axpy(dqi, ds, kj, HS);
+              }
+            }
+          }
+        }
+      }
+    }
+  }
+}
+
+}  // namespace
+
+void AttentionBackward(float* dqkv, const float* dout, const float* qkv, const float* out,
+                       const float* lse, int64_t B, int64_t T, int64_t C, int64_t NH) {
+  // One pass per (batch, head) is cheapest when there are enough of them for every thread;
+  // otherwise (long sequences, few heads) split over tiles at the cost of recomputing p twice.
+  if (B * NH >= omp_get_max_threads()) {
+    BackwardPerHead(dqkv, dout, qkv, out, lse, B, T, C, NH);
+  } else {
+    BackwardPerTile(dqkv, dout, qkv, out, lse, B, T, C, NH);
   }
 }
 
