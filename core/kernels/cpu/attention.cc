@@ -36,6 +36,17 @@ inline void Axpy(float* y, float a, const float* x, int64_t n) {
   for (int64_t i = 0; i < n; ++i) y[i] += a * x[i];
 }
 
+// Recomputes, for query i and key j, the probability p_ij = exp(scale q_i.k_j - lse_i) and the
+// score gradient ds_ij = p_ij (dout_i.v_j - D_i) scale.
+struct ProbGrad {
+  float p, ds;
+};
+inline ProbGrad Recompute(const float* qi, const float* kj, const float* doi, const float* vj,
+                          float lse_i, float D_i, float scale, int64_t HS) {
+  const float p = FastExp(scale * Dot(qi, kj, HS) - lse_i);
+  return {p, p * (Dot(doi, vj, HS) - D_i) * scale};
+}
+
 }  // namespace
 
 void AttentionForward(float* out, float* lse, const float* qkv, int64_t B, int64_t T, int64_t C,
@@ -135,9 +146,7 @@ void BackwardPerHead(float* dqkv, const float* dout, const float* qkv, const flo
             for (int64_t j = j0; j < jlim; ++j) {
               const float* kj = base + j * C3 + C + h * HS;
               const float* vj = base + j * C3 + 2 * C + h * HS;
-              const float p = FastExp(scale * Dot(qi, kj, HS) - lse_bh[i]);
-              const float dp = Dot(doi, vj, HS);
-              const float ds = p * (dp - D[i]) * scale;
+              const auto [p, ds] = Recompute(qi, kj, doi, vj, lse_bh[i], D[i], scale, HS);
               Axpy(dbase + j * C3 + 2 * C + h * HS, p, doi, HS);  // dv_j
               Axpy(dqi, ds, kj, HS);                              // dq_i
               Axpy(dbase + j * C3 + C + h * HS, ds, qi, HS);      // dk_j
@@ -191,8 +200,7 @@ void BackwardPerTile(float* dqkv, const float* dout, const float* qkv, const flo
             for (int64_t j = j0; j < jlim; ++j) {
               const float* kj = base + j * C3 + C + h * HS;
               const float* vj = base + j * C3 + 2 * C + h * HS;
-              const float p = FastExp(scale * Dot(qi, kj, HS) - lse_bh[i]);
-              const float ds = p * (Dot(doi, vj, HS) - D_bh[i]) * scale;
+              const auto [p, ds] = Recompute(qi, kj, doi, vj, lse_bh[i], D_bh[i], scale, HS);
               Axpy(dbase + j * C3 + 2 * C + h * HS, p, doi, HS);  // dv_j
               Axpy(dbase + j * C3 + C + h * HS, ds, qi, HS);      // dk_j
             }
@@ -223,8 +231,7 @@ void BackwardPerTile(float* dqkv, const float* dout, const float* qkv, const flo
               for (int64_t j = j0; j < jlim; ++j) {
                 const float* kj = base + j * C3 + C + h * HS;
                 const float* vj = base + j * C3 + 2 * C + h * HS;
-                const float p = FastExp(scale * Dot(qi, kj, HS) - lse_bh[i]);
-                const float ds = p * (Dot(doi, vj, HS) - D_bh[i]) * scale;
+                const float ds = Recompute(qi, kj, doi, vj, lse_bh[i], D_bh[i], scale, HS).ds;
                 Axpy(dqi, ds, kj, HS);
               }
             }
