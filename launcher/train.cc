@@ -6,11 +6,13 @@
 #include <cmath>
 #include <cstdio>
 #include <filesystem>
+#include <fstream>
 #include <memory>
 #include <optional>
 #include <string>
 #include <vector>
 
+#include "absl/strings/numbers.h"
 #include "absl/strings/str_format.h"
 #include "core/data_loader.h"
 #include "core/llmc.h"
@@ -164,7 +166,9 @@ absl::Status BuildSetup(const Job& job, const TrainOptions& options, int data_ra
 // Rank 0's output: a progress line (redrawn in place on a terminal) and JSON Lines metrics.
 class Reporter {
  public:
-  absl::Status Open(const Job& job, bool resume, bool quiet) {
+  // On resume, the metrics file keeps the lines up to `resume_step` (an interrupted run may have
+  // logged steps after its last checkpoint; those are trained again).
+  absl::Status Open(const Job& job, std::optional<int64_t> resume_step, bool quiet) {
     tty_ = isatty(fileno(stdout));
     quiet_ = quiet;
     const std::string& path = job.output().metrics();
@@ -172,7 +176,22 @@ class Reporter {
     std::error_code ec;
     const std::filesystem::path parent = std::filesystem::path(path).parent_path();
     if (!parent.empty()) std::filesystem::create_directories(parent, ec);
-    metrics_ = std::fopen(path.c_str(), resume ? "a" : "w");
+    std::string kept;
+    if (resume_step) {
+      std::ifstream in(path);
+      for (std::string line; std::getline(in, line);) {
+        int64_t step = 0;
+        const size_t at = line.find("\"step\": ");
+        if (at != std::string::npos &&
+            absl::SimpleAtoi(line.substr(at + 8, line.find_first_of(",}", at) - at - 8), &step) &&
+            step > *resume_step) {
+          continue;
+        }
+        kept += line + "\n";
+      }
+    }
+    metrics_ = std::fopen(path.c_str(), "w");
+    if (metrics_ != nullptr) std::fputs(kept.c_str(), metrics_);
     if (metrics_ == nullptr) {
       return absl::PermissionDeniedError(
           absl::StrFormat("output.metrics = \"%s\": cannot open it for writing", path));
@@ -220,7 +239,10 @@ absl::Status RunTraining(const Job& job, const TrainOptions& options,
   Setup s;
   absl::Status local = BuildSetup(job, options, grid.data_rank(), D, &s);
   Reporter report;
-  if (local.ok() && rank == 0) local = report.Open(job, options.resume, options.quiet);
+  if (local.ok() && rank == 0) {
+    local = report.Open(job, options.resume ? std::optional<int64_t>(s.state.step) : std::nullopt,
+                        options.quiet);
+  }
   MT_RETURN_IF_ERROR(AgreeOnStatus(world, local));
 
   const Train& t = job.train();

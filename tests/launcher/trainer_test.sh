@@ -36,6 +36,8 @@ resume)
     $TRAINER "$JOB" "${DATA[@]}" "${EXTRA[@]}" --quiet --set checkpoint.dir="$W/b$opt" \
       --set output.metrics="$W/b$opt.jsonl" --stop_after 10 || fail "$opt: first half"
     [ "$(cat "$W/b$opt/latest")" = step_00000010 ] || fail "$opt: no checkpoint at step 10"
+    # As if the run had gone on past its checkpoint before dying: those lines must go.
+    echo '{"step": 11, "loss": 99}' >> "$W/b$opt.jsonl"
     $TRAINER "$JOB" "${DATA[@]}" "${EXTRA[@]}" --quiet --set checkpoint.dir="$W/b$opt" \
       --set output.metrics="$W/b$opt.jsonl" --resume || fail "$opt: resumed half"
     diff <(losses "$W/a$opt.jsonl") <(losses "$W/b$opt.jsonl") || fail "$opt: metrics differ"
