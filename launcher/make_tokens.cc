@@ -1,7 +1,8 @@
-// Byte-level tokenizer: turns a text file into llm.c token files (one token per byte, V = 256),
-// the last `val_fraction` of the text going to the validation file.
+// Text -> llm.c token files, byte-level (V = 256) or with a BPE vocabulary learned on the
+// training part of the text. The last `val_fraction` of the text becomes the validation file.
 //
-//   make_tokens corpus.txt data/kjv [--val_fraction 0.1]   -> data/kjv_train.bin, data/kjv_val.bin
+//   make_tokens corpus.txt data/kjv [--val_fraction 0.1] [--bpe 1024]
+//     -> data/kjv_train.bin, data/kjv_val.bin (and data/kjv_vocab.json with --bpe)
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
@@ -9,40 +10,70 @@
 #include <string>
 #include <vector>
 
+#include "absl/strings/numbers.h"
+#include "core/bpe.h"
 #include "core/llmc.h"
 
+namespace {
+
+int Fail(const std::string& msg) {
+  std::fprintf(stderr, "make_tokens: %s\n", msg.c_str());
+  return 2;
+}
+
+}  // namespace
+
 int main(int argc, char** argv) {
-  if (argc != 3 && !(argc == 5 && std::string(argv[3]) == "--val_fraction")) {
-    std::fprintf(stderr, "usage: %s input.txt out_prefix [--val_fraction F]\n", argv[0]);
-    return 2;
-  }
-  double val_fraction = argc == 5 ? std::stod(argv[4]) : 0.1;
-  if (!(val_fraction > 0.0 && val_fraction < 1.0)) {
-    std::fprintf(stderr, "--val_fraction = %s: must be in (0, 1)\n", argv[4]);
-    return 2;
-  }
-  std::ifstream in(argv[1], std::ios::binary);
-  if (!in) {
-    std::fprintf(stderr, "cannot read %s\n", argv[1]);
-    return 2;
-  }
-  std::string text((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
-  std::vector<uint16_t> tokens(text.begin(), text.end());
-  for (size_t i = 0; i < text.size(); ++i) tokens[i] = static_cast<unsigned char>(text[i]);
-  const size_t n_val = static_cast<size_t>(tokens.size() * val_fraction);
-  const size_t n_train = tokens.size() - n_val;
-  const std::string prefix = argv[2];
-  std::filesystem::path parent = std::filesystem::path(prefix).parent_path();
-  std::error_code ec;
-  if (!parent.empty()) std::filesystem::create_directories(parent, ec);
-  absl::Span<const uint16_t> all(tokens);
-  for (auto [path, span] : {std::pair{prefix + "_train.bin", all.subspan(0, n_train)},
-                            std::pair{prefix + "_val.bin", all.subspan(n_train)}}) {
-    if (absl::Status s = memtrain::core::WriteTokenFile(path, span); !s.ok()) {
-      std::fprintf(stderr, "%s\n", s.ToString().c_str());
-      return 1;
+  std::vector<std::string> pos;
+  double val_fraction = 0.1;
+  int bpe_vocab = 0;
+  for (int i = 1; i < argc; ++i) {
+    const std::string a = argv[i];
+    if (a == "--val_fraction" && i + 1 < argc) {
+      if (!absl::SimpleAtod(argv[++i], &val_fraction) || !(val_fraction > 0 && val_fraction < 1)) {
+        return Fail("--val_fraction must be in (0, 1)");
+      }
+    } else if (a == "--bpe" && i + 1 < argc) {
+      if (!absl::SimpleAtoi(argv[++i], &bpe_vocab) || bpe_vocab < 256 || bpe_vocab > 65536) {
+        return Fail("--bpe takes a vocabulary size in [256, 65536]");
+      }
+    } else {
+      pos.push_back(a);
     }
-    std::printf("wrote %s: %zu tokens\n", path.c_str(), span.size());
+  }
+  if (pos.size() != 2) {
+    return Fail("usage: make_tokens input.txt out_prefix [--val_fraction F] [--bpe VOCAB_SIZE]");
+  }
+  std::ifstream in(pos[0], std::ios::binary);
+  if (!in) return Fail("cannot read " + pos[0]);
+  const std::string text((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+  const size_t split = text.size() - static_cast<size_t>(text.size() * val_fraction);
+  const std::string_view train(text.data(), split), val(text.data() + split, text.size() - split);
+  const std::string prefix = pos[1];
+  std::error_code ec;
+  const std::filesystem::path parent = std::filesystem::path(prefix).parent_path();
+  if (!parent.empty()) std::filesystem::create_directories(parent, ec);
+
+  std::vector<uint16_t> train_ids, val_ids;
+  if (bpe_vocab > 0) {
+    absl::StatusOr<memtrain::core::Bpe> bpe = memtrain::core::Bpe::Train(train, bpe_vocab);
+    if (!bpe.ok()) return Fail(bpe.status().ToString());
+    if (absl::Status s = bpe->Save(prefix + "_vocab.json"); !s.ok()) return Fail(s.ToString());
+    train_ids = bpe->Encode(train);
+    val_ids = bpe->Encode(val);
+    std::printf("wrote %s_vocab.json: %d tokens (%zu merges); %.2f bytes per token\n",
+                prefix.c_str(), bpe->vocab_size(), static_cast<size_t>(bpe->vocab_size() - 256),
+                static_cast<double>(train.size()) / std::max<size_t>(1, train_ids.size()));
+  } else {
+    for (unsigned char c : train) train_ids.push_back(c);
+    for (unsigned char c : val) val_ids.push_back(c);
+  }
+  for (const auto& [path, ids] :
+       {std::pair{prefix + "_train.bin", &train_ids}, std::pair{prefix + "_val.bin", &val_ids}}) {
+    if (absl::Status s = memtrain::core::WriteTokenFile(path, *ids); !s.ok()) {
+      return Fail(s.ToString());
+    }
+    std::printf("wrote %s: %zu tokens\n", path.c_str(), ids->size());
   }
   return 0;
 }

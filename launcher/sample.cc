@@ -13,14 +13,26 @@ namespace memtrain::launcher {
 
 absl::StatusOr<std::string> Sample(core::GPT2& model, const SampleOptions& o) {
   const core::GPT2Config& c = model.config();
-  if (c.vocab_size != 256) {
-    return absl::InvalidArgumentError(absl::StrFormat(
-        "sample decodes byte-level models (vocab_size 256); this one has vocab_size %d",
-        c.vocab_size));
-  }
   std::vector<int32_t> ctx;
-  for (unsigned char ch : o.prompt) ctx.push_back(ch);
+  if (o.vocab == nullptr) {
+    if (c.vocab_size != 256) {
+      return absl::InvalidArgumentError(absl::StrFormat(
+          "this model has vocab_size %d: give the BPE vocabulary its data was made with "
+          "(--vocab data/NAME_vocab.json)",
+          c.vocab_size));
+    }
+    for (unsigned char ch : o.prompt) ctx.push_back(ch);
+  } else {
+    if (o.vocab->vocab_size() > c.vocab_size) {
+      return absl::InvalidArgumentError(absl::StrFormat(
+          "the vocabulary has %d tokens but the model only %d; use the vocabulary the model was "
+          "trained with",
+          o.vocab->vocab_size(), c.vocab_size));
+    }
+    for (uint16_t id : o.vocab->Encode(o.prompt)) ctx.push_back(id);
+  }
   if (ctx.empty()) ctx.push_back('\n');
+  const int vocab = o.vocab ? o.vocab->vocab_size() : 256;  // never sample an undecodable id
   // One fixed window: causal attention makes the logits at position i depend on tokens <= i only,
   // so the unused tail of the window can hold anything.
   const int T = std::min<int>(c.max_seq_len, static_cast<int>(ctx.size()) + o.tokens);
@@ -28,8 +40,9 @@ absl::StatusOr<std::string> Sample(core::GPT2& model, const SampleOptions& o) {
   core::Engine engine(&model);
   std::vector<int32_t> window(T, 0);
   std::string out = o.prompt;
-  std::vector<float> probs(c.vocab_size);
-  std::vector<int> order(c.vocab_size);
+  std::vector<float> probs(vocab);
+  std::vector<int> order(vocab);
+  std::vector<int32_t> generated;
   for (int n = 0; n < o.tokens; ++n) {
     const int len = std::min<int>(T, static_cast<int>(ctx.size()));
     std::copy(ctx.end() - len, ctx.end(), window.begin());
@@ -38,10 +51,10 @@ absl::StatusOr<std::string> Sample(core::GPT2& model, const SampleOptions& o) {
         model.logits().f32() + static_cast<int64_t>(len - 1) * c.padded_vocab_size;
     int next = 0;
     if (o.temperature <= 0.0f) {
-      next = static_cast<int>(std::max_element(logits, logits + c.vocab_size) - logits);
+      next = static_cast<int>(std::max_element(logits, logits + vocab) - logits);
     } else {
       std::iota(order.begin(), order.end(), 0);
-      const int k = o.top_k > 0 ? std::min(o.top_k, c.vocab_size) : c.vocab_size;
+      const int k = o.top_k > 0 ? std::min(o.top_k, vocab) : vocab;
       std::partial_sort(order.begin(), order.begin() + k, order.end(),
                         [&](int a, int b) { return logits[a] > logits[b]; });
       const float mx = logits[order[0]];
@@ -58,8 +71,10 @@ absl::StatusOr<std::string> Sample(core::GPT2& model, const SampleOptions& o) {
       }
     }
     ctx.push_back(next);
-    out.push_back(static_cast<char>(next));
+    generated.push_back(next);
   }
+  if (o.vocab != nullptr) return out + o.vocab->Decode(generated);
+  for (int32_t id : generated) out.push_back(static_cast<char>(id));
   return out;
 }
 

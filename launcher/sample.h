@@ -1,4 +1,5 @@
-// Text generation from a byte-level GPT-2 (vocab_size 256: token = byte).
+// Text generation from a GPT-2: byte-level (vocab_size 256: token = byte), or with the BPE
+// vocabulary the token files were made with (make_tokens --bpe).
 //
 //   SampleOptions o{.prompt = "In the beginning", .tokens = 200};
 //   MT_ASSIGN_OR_RETURN(std::string text, Sample(*model, o));
@@ -8,19 +9,22 @@
 #include <string>
 
 #include "absl/status/statusor.h"
+#include "core/bpe.h"
 #include "core/model/gpt2.h"
 
 namespace memtrain::launcher {
 
 struct SampleOptions {
   std::string prompt = "\n";
-  int tokens = 256;          // bytes to generate
-  float temperature = 0.8f;  // 0 = greedy
-  int top_k = 0;             // 0 = all tokens
-  uint64_t seed = 1;         // Philox seed of the draws
+  int tokens = 256;                  // bytes to generate
+  float temperature = 0.8f;          // 0 = greedy
+  int top_k = 0;                     // 0 = all tokens
+  uint64_t seed = 1;                 // Philox seed of the draws
+  const core::Bpe* vocab = nullptr;  // null: byte-level
 };
 
-// The prompt followed by the generated text. InvalidArgument if the model is not byte-level.
+// The prompt followed by the generated text. InvalidArgument if the model's vocabulary does not
+// fit the decoding (256 without a BPE vocabulary; at least the vocabulary's size with one).
 absl::StatusOr<std::string> Sample(core::GPT2& model, const SampleOptions& options);
 
 }  // namespace memtrain::launcher

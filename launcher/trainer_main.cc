@@ -1,13 +1,15 @@
 // trainer: runs memtrain jobs.
 //
 //   mpirun -np N trainer JOB.pbtxt [--set field.path=value ...] [--check] [--resume]
-//   trainer sample CHECKPOINT [--prompt TEXT] [--tokens N] [--temperature X] [--top_k K] [--seed S]
+//   trainer sample CHECKPOINT [--prompt TEXT] [--tokens N] [--temperature X] [--top_k K]
+//                  [--seed S] [--vocab FILE]
 //   trainer export CHECKPOINT OUT.bin
 //
 // Exit codes: 0 done; 2 bad input (usage, job spec, files), nothing written; 1 failure while
 // running.
 #include <cstdio>
 #include <cstring>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -40,6 +42,7 @@ train options:
 sample options:
   --prompt TEXT  (default "\n")   --tokens N (default 256)   --temperature X (default 0.8)
   --top_k K (default 0 = all)     --seed S (default 1)
+  --vocab FILE   the BPE vocabulary of the data (make_tokens --bpe); default: byte-level
 
 CHECKPOINT is a checkpoint folder (checkpoint.dir/step_NNNNNNNN), a checkpoint.dir (its newest
 checkpoint), or an llm.c model file. The job spec reference is docs/job-spec.md.
@@ -135,6 +138,7 @@ int RunJob(const std::vector<std::string>& args) {
 int RunSample(const std::vector<std::string>& args) {
   if (args.empty() || args[0][0] == '-') return Usage("sample needs a CHECKPOINT");
   SampleOptions o;
+  std::string vocab_path;
   for (size_t i = 1; i < args.size(); ++i) {
     const std::string& a = args[i];
     const bool has = i + 1 < args.size();
@@ -149,12 +153,21 @@ int RunSample(const std::vector<std::string>& args) {
       ok = absl::SimpleAtoi(args[++i], &o.top_k) && o.top_k >= 0;
     } else if (a == "--seed" && has) {
       ok = absl::SimpleAtoi(args[++i], &o.seed);
+    } else if (a == "--vocab" && has) {
+      vocab_path = args[++i];
     } else {
       ok = false;
     }
     if (!ok) return Usage("bad sample option near " + a);
   }
   core::InitThreads();
+  std::optional<core::Bpe> vocab;
+  if (!vocab_path.empty()) {
+    absl::StatusOr<core::Bpe> v = core::Bpe::Load(vocab_path);
+    if (!v.ok()) return Report(v.status());
+    vocab = std::move(*v);
+    o.vocab = &*vocab;
+  }
   absl::StatusOr<std::unique_ptr<core::GPT2>> model = LoadModel(args[0]);
   if (!model.ok()) return Report(model.status());
   absl::StatusOr<std::string> text = Sample(**model, o);

@@ -113,6 +113,16 @@ tools)
     "$SRC/scripts/plot_metrics.sh" "$W/t.jsonl" "$W/t.png" >/dev/null || fail "plot"
     [ -s "$W/t.png" ] || fail "plot wrote no PNG"
   fi
+  # BPE data: tokens from a learned vocabulary, a model with that vocab_size, decoded samples.
+  "$BUILD/make_tokens" "$SRC/tests/data/sample.txt" "$W/bpe" --bpe 320 >/dev/null || fail "bpe"
+  $TRAINER "$JOB" --quiet --set data.train_tokens="$W/bpe_train.bin" \
+    --set data.val_tokens="$W/bpe_val.bin" --set model.gpt.vocab_size=320 --set train.steps=3 \
+    --set checkpoint.dir="$W/bpeck" || fail "training on BPE tokens"
+  $TRAINER sample "$W/bpeck" --vocab "$W/bpe_vocab.json" --prompt "And God" --tokens 10 \
+    > "$W/bs.txt" || fail "sample with a BPE vocabulary"
+  [ "$(head -c 7 "$W/bs.txt")" = "And God" ] || fail "BPE sample: $(head -c 80 "$W/bs.txt")"
+  out=$($TRAINER sample "$W/bpeck" 2>&1); rc=$?
+  [ $rc = 2 ] && echo "$out" | grep -q "give the BPE vocabulary" || fail "no --vocab: $rc $out"
   out=$($TRAINER "$JOB" "${DATA[@]}" --quiet --set optimizer.adamw.lr=1e30 2>&1); rc=$?
   [ $rc = 1 ] && echo "$out" | grep -q "training loss is" || fail "diverging run: rc $rc: $out"
   echo "tools: --check, sample, export, init_from, plot work; a diverging run stops with exit 1"
