@@ -6,6 +6,7 @@
 #include "absl/strings/str_format.h"
 #include "core/file_util.h"
 #include "nlohmann/json.hpp"
+#include "zlib.h"
 
 namespace memtrain::core {
 namespace {
@@ -40,10 +41,23 @@ bool ParseDType(const std::string& s, DType* out) {
   return false;
 }
 
+// CRC-32 of a buffer of any size (zlib takes 32-bit lengths).
+uint32_t Crc32Update(uint32_t crc, const void* data, size_t n) {
+  const char* p = static_cast<const char*>(data);
+  uLong c = crc;
+  for (size_t off = 0; off < n;) {
+    const size_t chunk = std::min<size_t>(n - off, size_t{1} << 30);
+    c = crc32(c, reinterpret_cast<const Bytef*>(p + off), static_cast<uInt>(chunk));
+    off += chunk;
+  }
+  return static_cast<uint32_t>(c);
+}
+
 }  // namespace
 
-absl::Status WriteSafetensors(const std::string& path, const std::vector<NamedTensor>& tensors,
-                              const std::map<std::string, std::string>& metadata) {
+absl::StatusOr<FileDigest> WriteSafetensors(const std::string& path,
+                                            const std::vector<NamedTensor>& tensors,
+                                            const std::map<std::string, std::string>& metadata) {
   Json header = Json::object();
   int64_t offset = 0;
   for (const NamedTensor& nt : tensors) {
@@ -64,14 +78,22 @@ absl::Status WriteSafetensors(const std::string& path, const std::vector<NamedTe
   std::string text = header.dump();
   text.append((8 - text.size() % 8) % 8, ' ');  // align the data section to 8 bytes
   const uint64_t n = text.size();
-  return WriteFileAtomically(path, [&](std::FILE* f) -> absl::Status {
-    MT_RETURN_IF_ERROR(WriteAll(f, &n, 8, path));
-    MT_RETURN_IF_ERROR(WriteAll(f, text.data(), text.size(), path));
+  FileDigest digest;
+  digest.crc32 = static_cast<uint32_t>(crc32(0L, Z_NULL, 0));
+  auto put = [&](std::FILE* f, const void* data, size_t bytes) -> absl::Status {
+    digest.crc32 = Crc32Update(digest.crc32, data, bytes);
+    digest.bytes += static_cast<int64_t>(bytes);
+    return WriteAll(f, data, bytes, path);
+  };
+  MT_RETURN_IF_ERROR(WriteFileAtomically(path, [&](std::FILE* f) -> absl::Status {
+    MT_RETURN_IF_ERROR(put(f, &n, 8));
+    MT_RETURN_IF_ERROR(put(f, text.data(), text.size()));
     for (const NamedTensor& nt : tensors) {
-      MT_RETURN_IF_ERROR(WriteAll(f, nt.tensor.raw(), nt.tensor.nbytes(), path));
+      MT_RETURN_IF_ERROR(put(f, nt.tensor.raw(), nt.tensor.nbytes()));
     }
     return absl::OkStatus();
-  });
+  }));
+  return digest;
 }
 
 absl::StatusOr<SafetensorsFile> SafetensorsFile::Read(const std::string& path) {
@@ -127,6 +149,10 @@ absl::StatusOr<SafetensorsFile> SafetensorsFile::Read(const std::string& path) {
   f.data_.resize(data_bytes);
   in.read(f.data_.data(), data_bytes);
   if (!in) return bad("short read of the data section");
+  uint32_t crc = static_cast<uint32_t>(crc32(0L, Z_NULL, 0));
+  crc = Crc32Update(crc, &n, 8);
+  crc = Crc32Update(crc, text.data(), text.size());
+  f.digest_ = {size, Crc32Update(crc, f.data_.data(), f.data_.size())};
   return f;
 }
 

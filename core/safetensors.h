@@ -23,9 +23,16 @@ struct NamedTensor {
   Tensor tensor;  // CPU, contiguous
 };
 
-// Writes atomically (temp file, fsync, rename).
-absl::Status WriteSafetensors(const std::string& path, const std::vector<NamedTensor>& tensors,
-                              const std::map<std::string, std::string>& metadata = {});
+// Size and CRC-32 (zlib's) of a whole file.
+struct FileDigest {
+  int64_t bytes = 0;
+  uint32_t crc32 = 0;
+};
+
+// Writes atomically (temp file, fsync, rename); the digest is computed while writing.
+absl::StatusOr<FileDigest> WriteSafetensors(
+    const std::string& path, const std::vector<NamedTensor>& tensors,
+    const std::map<std::string, std::string>& metadata = {});
 
 class SafetensorsFile {
  public:
@@ -43,12 +50,15 @@ class SafetensorsFile {
   // Copies tensor `name` into `dst`; NotFound / DataLoss (naming the file) if missing or if its
   // dtype or shape differ from dst's.
   absl::Status CopyTo(const std::string& name, const Tensor& dst) const;
+  // Of the whole file as read.
+  const FileDigest& digest() const { return digest_; }
 
  private:
   std::string path_;
   std::map<std::string, Entry> entries_;
   std::map<std::string, std::string> metadata_;
   std::vector<char> data_;
+  FileDigest digest_;
 };
 
 }  // namespace memtrain::core

@@ -4,7 +4,6 @@
 #include <fcntl.h>
 #include <sys/stat.h>
 #include <unistd.h>
-#include <zlib.h>
 
 #include <algorithm>
 #include <filesystem>
@@ -31,16 +30,6 @@ absl::StatusOr<std::string> ReadWholeFile(const std::string& path) {
   std::stringstream ss;
   ss << in.rdbuf();
   return ss.str();
-}
-
-uint32_t Crc32(const std::string& bytes) {
-  uLong c = crc32(0L, Z_NULL, 0);
-  const size_t chunk = 1 << 30;
-  for (size_t off = 0; off < bytes.size(); off += chunk) {
-    c = crc32(c, reinterpret_cast<const Bytef*>(bytes.data() + off),
-              static_cast<uInt>(std::min(chunk, bytes.size() - off)));
-  }
-  return static_cast<uint32_t>(c);
 }
 
 void FsyncDir(const std::string& dir) {
@@ -87,22 +76,22 @@ absl::Status SaveCheckpoint(const std::string& dir, int keep, const TrainState& 
   fs::create_directories(tmp, ec);
   if (ec) return absl::PermissionDeniedError(absl::StrFormat("cannot create %s", tmp));
 
-  MT_RETURN_IF_ERROR(core::WriteSafetensors(tmp + "/model.safetensors", ModelTensors(model),
-                                            {{"format", "memtrain"}, {"model", "gpt2"}}));
+  MT_ASSIGN_OR_RETURN(core::FileDigest model_digest,
+                      core::WriteSafetensors(tmp + "/model.safetensors", ModelTensors(model),
+                                             {{"format", "memtrain"}, {"model", "gpt2"}}));
   std::vector<core::NamedTensor> state_tensors;
   for (int s = 0; s < model.num_stages(); ++s) {
     for (const auto& [name, t] : opt.State(s)) {
       state_tensors.push_back({model.block(s).name() + "." + name, t});
     }
   }
-  MT_RETURN_IF_ERROR(
+  MT_ASSIGN_OR_RETURN(
+      core::FileDigest opt_digest,
       core::WriteSafetensors(tmp + "/optimizer.safetensors", state_tensors,
                              {{"optimizer", opt.name()}, {"step", std::to_string(opt.step())}}));
   Json files = Json::object();
-  for (const char* f : {"model.safetensors", "optimizer.safetensors"}) {
-    MT_ASSIGN_OR_RETURN(std::string bytes, ReadWholeFile(tmp + "/" + f));
-    files[f] = {{"bytes", bytes.size()}, {"crc32", Crc32(bytes)}};
-  }
+  files["model.safetensors"] = {{"bytes", model_digest.bytes}, {"crc32", model_digest.crc32}};
+  files["optimizer.safetensors"] = {{"bytes", opt_digest.bytes}, {"crc32", opt_digest.crc32}};
   Json manifest = {{"format", kFormat},
                    {"step", state.step},
                    {"batches_consumed", state.batches_consumed},
@@ -163,17 +152,21 @@ absl::StatusOr<LoadedCheckpoint> LoadCheckpoint(const std::string& folder) {
   if (m.is_discarded() || !m.is_object() || m.value("format", "") != kFormat) {
     return bad("state.json is missing, corrupt or of another format");
   }
-  // Check every file before using any.
-  for (const char* f : {"model.safetensors", "optimizer.safetensors"}) {
+  // Read both files once and check their sizes and checksums before using either.
+  core::SafetensorsFile read[2];
+  const char* names[2] = {"model.safetensors", "optimizer.safetensors"};
+  for (int i = 0; i < 2; ++i) {
+    const char* f = names[i];
     if (!m["files"].contains(f)) return bad(absl::StrCat("state.json lists no ", f));
-    MT_ASSIGN_OR_RETURN(std::string bytes, ReadWholeFile(folder + "/" + f));
     const int64_t want_bytes = m["files"][f]["bytes"].get<int64_t>();
     const uint32_t want_crc = m["files"][f]["crc32"].get<uint32_t>();
-    if (static_cast<int64_t>(bytes.size()) != want_bytes) {
+    MT_ASSIGN_OR_RETURN(int64_t size, core::FileSize(folder + "/" + f));
+    if (size != want_bytes) {
       return bad(absl::StrFormat("%s is %d bytes, expected %d: truncated; use an older checkpoint",
-                                 f, bytes.size(), want_bytes));
+                                 f, size, want_bytes));
     }
-    if (Crc32(bytes) != want_crc) {
+    MT_ASSIGN_OR_RETURN(read[i], core::SafetensorsFile::Read(folder + "/" + f));
+    if (read[i].digest().crc32 != want_crc) {
       return bad(
           absl::StrFormat("%s fails its CRC-32 check (file corrupt); use an older "
                           "checkpoint",
@@ -189,13 +182,10 @@ absl::StatusOr<LoadedCheckpoint> LoadCheckpoint(const std::string& folder) {
                        .n_embd = c["n_embd"].get<int>()};
   LoadedCheckpoint out;
   MT_ASSIGN_OR_RETURN(out.model, core::GPT2::Create(cfg));
-  MT_ASSIGN_OR_RETURN(core::SafetensorsFile weights,
-                      core::SafetensorsFile::Read(folder + "/model.safetensors"));
   for (const core::NamedTensor& nt : ModelTensors(*out.model)) {
-    MT_RETURN_IF_ERROR(weights.CopyTo(nt.name, nt.tensor));
+    MT_RETURN_IF_ERROR(read[0].CopyTo(nt.name, nt.tensor));
   }
-  MT_ASSIGN_OR_RETURN(out.optimizer,
-                      core::SafetensorsFile::Read(folder + "/optimizer.safetensors"));
+  out.optimizer = std::move(read[1]);
   out.state.step = m["step"].get<int64_t>();
   out.state.batches_consumed = m["batches_consumed"].get<int64_t>();
   out.state.job_text = m.value("job", "");

@@ -6,10 +6,12 @@
 
 #include <filesystem>
 #include <fstream>
+#include <iterator>
 
 #include "core/safetensors.h"
 #include "optim/adamw.h"
 #include "optim/lion.h"
+#include "zlib.h"
 
 namespace memtrain::launcher {
 namespace {
@@ -123,9 +125,19 @@ TEST(SafetensorsTest, RoundTripAndBadHeaders) {
   auto b = core::Tensor::Zeros({4}, core::DType::kI32, core::MemoryTag::kOther).value();
   for (int i = 0; i < 6; ++i) a.f32()[i] = i * 0.5f;
   for (int i = 0; i < 4; ++i) b.i32()[i] = -i;
-  ASSERT_TRUE(core::WriteSafetensors(path, {{"a", a}, {"b", b}}, {{"k", "v"}}).ok());
+  auto written = core::WriteSafetensors(path, {{"a", a}, {"b", b}}, {{"k", "v"}});
+  ASSERT_TRUE(written.ok());
   auto f = core::SafetensorsFile::Read(path);
   ASSERT_TRUE(f.ok()) << f.status();
+  // The digests computed while writing and while reading are those of the file on disk.
+  std::ifstream in(path, std::ios::binary);
+  const std::string bytes((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+  const uint32_t crc = crc32(crc32(0L, Z_NULL, 0), reinterpret_cast<const Bytef*>(bytes.data()),
+                             static_cast<uInt>(bytes.size()));
+  EXPECT_EQ(written->bytes, static_cast<int64_t>(bytes.size()));
+  EXPECT_EQ(written->crc32, crc);
+  EXPECT_EQ(f->digest().bytes, written->bytes);
+  EXPECT_EQ(f->digest().crc32, crc);
   EXPECT_EQ(f->metadata().at("k"), "v");
   auto a2 = core::Tensor::Zeros({2, 3}, core::DType::kF32, core::MemoryTag::kOther).value();
   ASSERT_TRUE(f->CopyTo("a", a2).ok());
