@@ -174,7 +174,7 @@ absl::Status Bpe::Save(const std::string& path) const {
       path, [&](std::FILE* f) { return WriteAll(f, text.data(), text.size(), path); });
 }
 
-absl::StatusOr<Bpe> Bpe::Load(const std::string& path) {
+absl::StatusOr<Bpe> Bpe::LoadUnguarded(const std::string& path) {
   std::ifstream in(path);
   if (!in) return absl::NotFoundError(absl::StrFormat("cannot read vocabulary %s", path));
   std::stringstream ss;
@@ -200,6 +200,15 @@ absl::StatusOr<Bpe> Bpe::Load(const std::string& path) {
   if (bpe.vocab_size() > 65536) return bad("more than 65536 tokens");
   bpe.Build();
   return bpe;
+}
+
+absl::StatusOr<Bpe> Bpe::Load(const std::string& path) {
+  try {
+    return LoadUnguarded(path);
+  } catch (const nlohmann::json::exception& e) {
+    return absl::DataLossError(
+        absl::StrFormat("%s: not a memtrain BPE vocabulary: %s", path, e.what()));
+  }
 }
 
 }  // namespace memtrain::core

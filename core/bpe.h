@@ -42,6 +42,7 @@ class Bpe {
   static std::vector<std::string_view> Chunks(std::string_view text);
 
  private:
+  static absl::StatusOr<Bpe> LoadUnguarded(const std::string& path);
   void Build();  // rank_ and bytes_ from merges_
   void EncodeChunk(std::string_view chunk, std::vector<uint16_t>* out) const;
 

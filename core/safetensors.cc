@@ -96,7 +96,7 @@ absl::StatusOr<FileDigest> WriteSafetensors(const std::string& path,
   return digest;
 }
 
-absl::StatusOr<SafetensorsFile> SafetensorsFile::Read(const std::string& path) {
+absl::StatusOr<SafetensorsFile> SafetensorsFile::ReadUnguarded(const std::string& path) {
   MT_ASSIGN_OR_RETURN(int64_t size, FileSize(path));
   auto bad = [&](const std::string& what) {
     return absl::DataLossError(absl::StrFormat("%s: not a valid safetensors file: %s", path, what));
@@ -154,6 +154,15 @@ absl::StatusOr<SafetensorsFile> SafetensorsFile::Read(const std::string& path) {
   crc = Crc32Update(crc, text.data(), text.size());
   f.digest_ = {size, Crc32Update(crc, f.data_.data(), f.data_.size())};
   return f;
+}
+
+absl::StatusOr<SafetensorsFile> SafetensorsFile::Read(const std::string& path) {
+  try {
+    return ReadUnguarded(path);
+  } catch (const nlohmann::json::exception& e) {
+    return absl::DataLossError(
+        absl::StrFormat("%s: not a valid safetensors file: malformed header (%s)", path, e.what()));
+  }
 }
 
 absl::Status SafetensorsFile::CopyTo(const std::string& name, const Tensor& dst) const {

@@ -54,6 +54,8 @@ class SafetensorsFile {
   const FileDigest& digest() const { return digest_; }
 
  private:
+  static absl::StatusOr<SafetensorsFile> ReadUnguarded(const std::string& path);
+
   std::string path_;
   std::map<std::string, Entry> entries_;
   std::map<std::string, std::string> metadata_;

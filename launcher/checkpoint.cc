@@ -143,7 +143,9 @@ absl::StatusOr<std::string> LatestCheckpoint(const std::string& dir) {
   return folder;
 }
 
-absl::StatusOr<LoadedCheckpoint> LoadCheckpoint(const std::string& folder) {
+namespace {
+
+absl::StatusOr<LoadedCheckpoint> LoadCheckpointUnguarded(const std::string& folder) {
   MT_ASSIGN_OR_RETURN(std::string text, ReadWholeFile(folder + "/state.json"));
   Json m = Json::parse(text, nullptr, false);
   auto bad = [&](const std::string& why) {
@@ -190,6 +192,21 @@ absl::StatusOr<LoadedCheckpoint> LoadCheckpoint(const std::string& folder) {
   out.state.batches_consumed = m["batches_consumed"].get<int64_t>();
   out.state.job_text = m.value("job", "");
   return out;
+}
+
+}  // namespace
+
+absl::StatusOr<LoadedCheckpoint> LoadCheckpoint(const std::string& folder) {
+  // A manifest with a missing or mistyped field makes the JSON library throw: refuse the
+  // checkpoint instead of crashing.
+  try {
+    return LoadCheckpointUnguarded(folder);
+  } catch (const nlohmann::json::exception& e) {
+    return absl::DataLossError(absl::StrFormat(
+        "checkpoint %s: state.json lacks a field or has one of the wrong type (%s); use an older "
+        "checkpoint",
+        folder, e.what()));
+  }
 }
 
 absl::Status RestoreOptimizer(const LoadedCheckpoint& ckpt, core::GPT2& model,

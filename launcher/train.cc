@@ -237,13 +237,15 @@ absl::Status RunTraining(const Job& job, const TrainOptions& options,
                                                             .perturbation = par.perturbation()}));
   const int D = grid.data().size(), rank = world->rank();
   Setup s;
-  absl::Status local = BuildSetup(job, options, grid.data_rank(), D, &s);
+  MT_RETURN_IF_ERROR(AgreeOnStatus(world, BuildSetup(job, options, grid.data_rank(), D, &s)));
+  // Only now that every rank can run is the metrics file created (or truncated).
   Reporter report;
-  if (local.ok() && rank == 0) {
-    local = report.Open(job, options.resume ? std::optional<int64_t>(s.state.step) : std::nullopt,
-                        options.quiet);
+  absl::Status opened;
+  if (rank == 0) {
+    opened = report.Open(job, options.resume ? std::optional<int64_t>(s.state.step) : std::nullopt,
+                         options.quiet);
   }
-  MT_RETURN_IF_ERROR(AgreeOnStatus(world, local));
+  MT_RETURN_IF_ERROR(AgreeOnStatus(world, opened));
 
   const Train& t = job.train();
   const int B = t.batch_size(), T = t.seq_len(), accum = t.grad_accum();

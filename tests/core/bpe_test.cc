@@ -67,6 +67,8 @@ TEST(BpeTest, VocabularyFilesRoundTripAndBadOnesAreRefused) {
   auto bad = Bpe::Load(path);
   EXPECT_EQ(bad.status().code(), absl::StatusCode::kDataLoss);
   EXPECT_NE(bad.status().message().find("merge 1"), std::string::npos) << bad.status();
+  std::ofstream(path) << R"({"format": 1, "merges": []})";  // a number where a string goes
+  EXPECT_EQ(Bpe::Load(path).status().code(), absl::StatusCode::kDataLoss);
   std::ofstream(path) << "not json";
   EXPECT_EQ(Bpe::Load(path).status().code(), absl::StatusCode::kDataLoss);
   EXPECT_EQ(Bpe::Train("abc", 100).status().code(), absl::StatusCode::kInvalidArgument);

@@ -119,6 +119,24 @@ TEST(CheckpointTest, DamagedFilesAreRefusedWithDataLoss) {
   EXPECT_NE(r.status().message().find("truncated"), std::string::npos) << r.status();
 }
 
+TEST(CheckpointTest, AManifestFieldOfTheWrongTypeIsRefusedNotACrash) {
+  Trained t = MakeTrained();
+  const std::string dir = FreshDir("typed");
+  ASSERT_TRUE(
+      SaveCheckpoint(dir, 3, {.step = 6, .batches_consumed = 0, .job_text = ""}, *t.model, *t.opt)
+          .ok());
+  const std::string manifest = dir + "/step_00000006/state.json";
+  std::ifstream in(manifest);
+  std::string text((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+  const size_t at = text.find("\"step\": 6");
+  ASSERT_NE(at, std::string::npos);
+  text.replace(at, 9, "\"step\": \"six\"");
+  std::ofstream(manifest) << text;
+  auto r = LoadCheckpoint(dir + "/step_00000006");
+  EXPECT_EQ(r.status().code(), absl::StatusCode::kDataLoss);
+  EXPECT_NE(r.status().message().find("wrong type"), std::string::npos) << r.status();
+}
+
 TEST(SafetensorsTest, RoundTripAndBadHeaders) {
   const std::string path = FreshDir("st") + ".safetensors";
   auto a = core::Tensor::Zeros({2, 3}, core::DType::kF32, core::MemoryTag::kOther).value();
@@ -150,6 +168,14 @@ TEST(SafetensorsTest, RoundTripAndBadHeaders) {
   auto bad = core::SafetensorsFile::Read(path);
   EXPECT_EQ(bad.status().code(), absl::StatusCode::kDataLoss);
   EXPECT_NE(bad.status().message().find(path), std::string::npos);
+  {  // a header whose offsets are strings, not numbers
+    const std::string h = R"({"a": {"dtype": "F32", "shape": [1], "data_offsets": ["0", "4"]}})";
+    std::ofstream out(path, std::ios::binary);
+    const uint64_t n = h.size();
+    out.write(reinterpret_cast<const char*>(&n), 8);
+    out << h << "abcd";
+  }
+  EXPECT_EQ(core::SafetensorsFile::Read(path).status().code(), absl::StatusCode::kDataLoss);
   std::ofstream(path, std::ios::binary) << "garbage!garbage!";
   EXPECT_EQ(core::SafetensorsFile::Read(path).status().code(), absl::StatusCode::kDataLoss);
 }

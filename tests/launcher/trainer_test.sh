@@ -12,7 +12,7 @@ TRAINER=$BUILD/trainer
 JOB=$SRC/tests/launcher/tiny.pbtxt
 W=$(mktemp -d)
 trap 'rm -rf "$W"' EXIT
-export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 MEMTRAIN_THREADS=1
+export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 MEMTRAIN_THREADS=1 W_DIR=$W
 MPIRUN="mpirun --oversubscribe --bind-to none"
 fail() { echo "FAIL: $*"; exit 1; }
 
@@ -78,6 +78,16 @@ bad)
   printf 'train { steps: "ten" }\n' > "$W/bad2.pbtxt"
   expect_bad "bad2.pbtxt:1:16:" $TRAINER "$W/bad2.pbtxt"
   expect_bad "started with 2 ranks" $MPIRUN -np 2 "$TRAINER" "$JOB" "${DATA[@]}" "${OUT[@]}"
+  # A damaged file on one rank only: both ranks stop with exit 2, the error is printed once, and
+  # an existing metrics file is left as it was.
+  mkdir -p "$W/keep"; echo '{"step": 1, "loss": 1}' > "$W/keep/m.jsonl"
+  cp "$W/doc_train.bin" "$W/r0.bin"; head -c 2000 "$W/doc_train.bin" > "$W/r1.bin"
+  out=$($MPIRUN -np 2 bash -c 'exec "$0" "$@" --set data.train_tokens=$W_DIR/r$OMPI_COMM_WORLD_RANK.bin' \
+        "$TRAINER" "$JOB" --set data.val_tokens="$W/doc_val.bin" --set parallel.data=2 \
+        --set output.metrics="$W/keep/m.jsonl" 2>&1); rc=$?
+  [ $rc = 2 ] || fail "a damaged file on rank 1: rc $rc: $out"
+  [ "$(echo "$out" | grep -c "r1.bin")" = 1 ] || fail "error not printed once: $out"
+  [ "$(cat "$W/keep/m.jsonl")" = '{"step": 1, "loss": 1}' ] || fail "metrics file was touched"
   expect_bad "optimizer.adamw.lr = -1: must be > 0" $TRAINER "$JOB" "${DATA[@]}" "${OUT[@]}" \
     --set optimizer.adamw.lr=-1
   expect_bad "data.train_tokens = \"$W/nope.bin\": no such file" $TRAINER "$JOB" "${DATA[@]}" \
