@@ -1,17 +1,18 @@
 #include "core/attention.h"
 
-#include "core/kernels/cpu/ops.h"
-
 namespace memtrain::core {
 
-void LocalAttention::Forward(float* out, float* lse, const float* qkv, int64_t B, int64_t T,
-                             int64_t C, int64_t NH) {
-  cpu::AttentionForward(out, lse, qkv, B, T, C, NH);
+absl::Status LocalAttention::Forward(const AttentionCall& c, float* out, float* lse,
+                                     const float* qkv) {
+  BackendFor(c.ctx->device).AttentionForward(*c.ctx, out, lse, qkv, c.B, c.T, c.C, c.NH);
+  return absl::OkStatus();
 }
 
-void LocalAttention::Backward(float* dqkv, const float* dout, const float* qkv, const float* out,
-                              const float* lse, int64_t B, int64_t T, int64_t C, int64_t NH) {
-  cpu::AttentionBackward(dqkv, dout, qkv, out, lse, B, T, C, NH);
+absl::Status LocalAttention::Backward(const AttentionCall& c, float* dqkv, const float* dout,
+                                      const float* qkv, const float* out, const float* lse) {
+  BackendFor(c.ctx->device).AttentionBackward(*c.ctx, dqkv, dout, qkv, out, lse, c.B, c.T, c.C,
+                                              c.NH);
+  return absl::OkStatus();
 }
 
 }  // namespace memtrain::core

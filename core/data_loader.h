@@ -16,7 +16,6 @@
 #include <vector>
 
 #include "absl/status/statusor.h"
-#include "core/engine.h"
 #include "core/llmc.h"
 
 namespace memtrain::core {
@@ -51,10 +50,6 @@ class DataLoader {
   int64_t perm_epoch_ = -1;
   std::vector<int64_t> perm_;
 };
-
-// Mean loss over up to `max_batches` batches read from `loader` (from its start; forward only).
-// The engine's model must be prepared for the loader's (B, T).
-absl::StatusOr<float> EvaluateLoss(Engine& engine, DataLoader& loader, int max_batches);
 
 }  // namespace memtrain::core
 

@@ -1,84 +1,127 @@
-// The engine runs a model as a list of stages: forward in order, backward in reverse, with hooks
-// around every stage. Data parallelism (all-reduce a block's gradient when its backward is done),
-// layer-wise offload (fetch a block before its stage runs), zeroth-order training and pruning are
-// hook sets over the same loop; the model never knows which are active.
+// The engine runs a model as a list of stages: forward in order, backward in reverse, and, for
+// forward-only lanes, every lane through a stage before the next stage. Hooks see one event per
+// stage and pass and return a status; the engine stops at the first error and returns it.
+// Data parallelism, offload, zeroth-order perturbation and pruning are hook sets over this loop;
+// the model never knows which are active.
+//
+// Hook order is safe by construction. Each hook declares its role and the engine orders them,
+// whatever order they were added in (ties keep the order of AddHooks):
+//   kMemory            brings block storage in before anyone else sees the stage, and takes it
+//                      away after everyone (offload);
+//   kGradients         changes a block's gradients right after its backward (clipping per block,
+//                      masking): runs before any communication reads them;
+//   kCommunicate       starts collectives on the gradients (data parallel) and says, through
+//                      WaitStage, when a stage's are done;
+//   kReducedGradients  (the default) sees the gradients of a stage only once every kCommunicate
+//                      hook has finished with them. The engine waits for stage s while the
+//                      backward of stage s-1 has been issued, so communication still overlaps;
+//   kObserve           reads only (logging), after the above.
 //
 //   core::Engine engine(model.get());
 //   engine.AddHooks(&ddp_hooks);
-//   MT_ASSIGN_OR_RETURN(float loss, engine.Forward(batch));
+//   MT_RETURN_IF_ERROR(engine.Forward(batch));
+//   float loss = engine.Loss();            // read when asked
 //   engine.ZeroGrad();
-//   engine.Backward(batch);
+//   MT_RETURN_IF_ERROR(engine.Backward(batch));
 #ifndef MEMTRAIN_CORE_ENGINE_H_
 #define MEMTRAIN_CORE_ENGINE_H_
 
 #include <cstdint>
 #include <vector>
 
-#include "absl/status/statusor.h"
+#include "absl/status/status.h"
+#include "absl/types/span.h"
+#include "core/backend.h"
+#include "core/model.h"
 #include "core/param_block.h"
 
 namespace memtrain::core {
 
-// One micro-batch. inputs, targets: (B, T) token ids; targets may be null (forward only, no loss)
-// and a negative target marks a position without loss. pos_offset is the global position of
-// column 0 (non-zero for a sequence shard).
-struct Batch {
-  const int32_t* inputs = nullptr;
-  const int32_t* targets = nullptr;
-  int B = 0;
-  int T = 0;
-  int pos_offset = 0;
+// What a hook sees around one stage of one pass.
+struct StageEvent {
+  Pass pass;
+  int stage;
+  int lane;                     // the lane of a kLaneForward pass, else 0
+  ParamBlock* block;            // the stage's own block
+  Model* model;
+  absl::Span<const int> extra;  // blocks the stage also reads (the tied embedding for the head)
+  const ExecContext* ctx;       // where the stage's ops run
 };
 
-// What every trainable model exposes to the engine.
-class Model {
- public:
-  virtual ~Model() = default;
-  virtual int num_stages() const = 0;
-  // The parameters stage i owns. Every stage owns exactly one block (possibly empty).
-  virtual ParamBlock& block(int stage) = 0;
-  // Blocks other than its own that stage i reads (e.g. the tied embedding for the LM head):
-  // an offload policy must keep them resident while the stage runs.
-  virtual std::vector<int> extra_blocks(int stage) const { return {}; }
-  // Allocates activations for micro-batches of (B, T). InvalidArgument if the model cannot serve
-  // them, ResourceExhausted past a memory budget.
-  virtual absl::Status Prepare(int B, int T) = 0;
-  // Checks a batch against the prepared shape and the vocabulary (cheap: O(B*T)).
-  virtual absl::Status ValidateBatch(const Batch& batch) const = 0;
-  virtual void ForwardStage(int stage, const Batch& batch) = 0;
-  // loss_scale multiplies d(mean loss) (e.g. 1/accumulation steps). Gradients accumulate.
-  virtual void BackwardStage(int stage, const Batch& batch, float loss_scale) = 0;
-  // Mean loss over the positions with a target, of the last forward.
-  virtual float loss() const = 0;
+// Begin and end of a pass.
+struct PassEvent {
+  Pass pass;
+  Model* model;
+  int lanes;  // 1 unless kLaneForward
+  const ExecContext* ctx;
+};
+
+enum class HookRole : uint8_t {
+  kMemory,
+  kGradients,
+  kCommunicate,
+  kReducedGradients,
+  kObserve,
 };
 
 class StageHooks {
  public:
   virtual ~StageHooks() = default;
-  virtual void BeforeForward(int stage, ParamBlock& block) {}
-  virtual void AfterForward(int stage, ParamBlock& block) {}
-  virtual void BeforeBackward(int stage, ParamBlock& block) {}
-  virtual void AfterBackward(int stage, ParamBlock& block) {}
+  virtual HookRole role() const { return HookRole::kReducedGradients; }
+
+  virtual absl::Status BeginPass(const PassEvent& e) { return absl::OkStatus(); }
+  virtual absl::Status EndPass(const PassEvent& e) { return absl::OkStatus(); }
+  // Forward hooks fire for every forward pass (train, eval and lanes); the event says which.
+  virtual absl::Status BeforeForward(const StageEvent& e) { return absl::OkStatus(); }
+  virtual absl::Status AfterForward(const StageEvent& e) { return absl::OkStatus(); }
+  virtual absl::Status BeforeBackward(const StageEvent& e) { return absl::OkStatus(); }
+  virtual absl::Status AfterBackward(const StageEvent& e) { return absl::OkStatus(); }
+  // kCommunicate hooks: blocks until what AfterBackward started for `stage` is done.
+  virtual absl::Status WaitStage(int stage) { return absl::OkStatus(); }
 };
 
 class Engine {
  public:
-  explicit Engine(Model* model) : model_(model) {}
+  explicit Engine(Model* model) : Engine(model, ExecContext::For(model->block(0).device())) {}
+  Engine(Model* model, ExecContext ctx) : model_(model), ctx_(ctx) {}
 
-  // Hooks run in the order added; not owned.
-  void AddHooks(StageHooks* hooks) { hooks_.push_back(hooks); }
+  // Not owned. Ordered by role (see above), then by the order of adding.
+  void AddHooks(StageHooks* hooks);
+  void RemoveHooks(StageHooks* hooks);
 
-  // Runs every stage forward; returns the mean loss (0 without targets).
-  absl::StatusOr<float> Forward(const Batch& batch);
-  // Runs every stage backward, last first, accumulating into the blocks' gradients.
-  void Backward(const Batch& batch, float loss_scale = 1.0f);
+  // Runs every stage forward (pass kTrainForward or kEvalForward). A training forward needs a
+  // model prepared in a training mode.
+  absl::Status Forward(const Batch& batch, Pass pass = Pass::kTrainForward);
+  // Forward-only lanes (model prepared kForwardOnly with at least batches.size() lanes): every
+  // lane runs stage s before any lane runs stage s+1.
+  absl::Status ForwardLanes(absl::Span<const Batch> batches);
+  // Runs every stage backward, last first, accumulating into the blocks' gradients (allocated
+  // here the first time). Needs the training forward of the same batch just before.
+  absl::Status Backward(const Batch& batch, float loss_scale = 1.0f);
   void ZeroGrad();
+  // Frees every block's gradients (e.g. before switching to forward-only work).
+  void ReleaseGrads();
+
+  // The mean loss of the last forward of `lane` (0 without targets).
+  float Loss(int lane = 0) const { return static_cast<float>(model_->Loss(lane)); }
 
   Model& model() { return *model_; }
+  const ExecContext& context() const { return ctx_; }
 
  private:
+  StageEvent Event(Pass pass, int stage, int lane);
+  absl::Status RunBefore(Pass pass, int stage, int lane);
+  absl::Status RunAfterForward(Pass pass, int stage, int lane);
+  // After-backward hooks of the roles that need reduced gradients, for `stage`.
+  absl::Status RunReduced(int stage);
+  absl::Status Begin(Pass pass, int lanes);
+  absl::Status End(Pass pass, int lanes);
+
   Model* model_;
-  std::vector<StageHooks*> hooks_;
+  ExecContext ctx_;
+  std::vector<StageHooks*> hooks_;  // sorted by role, stable
+  std::vector<std::vector<int>> extra_;
+  bool trained_forward_ = false;
 };
 
 }  // namespace memtrain::core

@@ -4,6 +4,7 @@
 
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_join.h"
+#include "core/backend.h"
 
 namespace memtrain::core {
 
@@ -81,8 +82,13 @@ Tensor Tensor::View(int64_t offset, const Shape& shape) const {
 }
 
 void Tensor::SetZero() const {
-  MT_CHECK(device_.type == DeviceType::kCpu) << "SetZero on " << device_.ToString();
-  if (nbytes() > 0) std::memset(data_, 0, nbytes());
+  if (nbytes() > 0) BackendFor(device_).SetZero(ExecContext::For(device_), data_, nbytes());
+}
+
+void Tensor::CopyFrom(const Tensor& src) const {
+  MT_CHECK(src.dtype_ == dtype_ && src.numel_ == numel_ && src.device_ == device_)
+      << "CopyFrom " << src.DebugString() << " into " << DebugString();
+  BackendFor(device_).Copy(ExecContext::For(device_), data_, src.data_, nbytes());
 }
 
 std::string Tensor::DebugString() const {

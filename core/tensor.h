@@ -86,7 +86,10 @@ class Tensor {
     return static_cast<uint16_t*>(data_);
   }
 
+  // Fills with zeros / copies `src` (same dtype and element count, same device) through the
+  // backend of the tensor's device, in the device's default context.
   void SetZero() const;
+  void CopyFrom(const Tensor& src) const;
   std::string DebugString() const;
 
  private:

@@ -9,6 +9,8 @@
 #include <vector>
 
 #include "core/data_loader.h"
+#include "core/evaluate.h"
+#include "core/llmc.h"
 #include "core/threads.h"
 #include "optim/adamw.h"
 
@@ -61,15 +63,15 @@ int main(int argc, char** argv) {
   for (int step = 1; step <= steps; ++step) {
     auto t0 = std::chrono::steady_clock::now();
     loader->Next(inputs.data(), targets.data());
-    absl::StatusOr<float> loss = engine.Forward(batch);
-    if (!loss.ok()) return Fail(loss.status());
+    if (absl::Status st = engine.Forward(batch); !st.ok()) return Fail(st);
+    const float loss = engine.Loss();
     engine.ZeroGrad();
-    engine.Backward(batch);
+    if (absl::Status st = engine.Backward(batch); !st.ok()) return Fail(st);
     (*opt)->Step(/*lr=*/1e-3f);
     double s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
-    if (step == 1) first = *loss;
-    last = *loss;
-    std::printf("step %4d/%d  loss %.4f  %6.1f ms  %6.0f tok/s\n", step, steps, *loss, 1e3 * s,
+    if (step == 1) first = loss;
+    last = loss;
+    std::printf("step %4d/%d  loss %.4f  %6.1f ms  %6.0f tok/s\n", step, steps, loss, 1e3 * s,
                 B * T / s);
   }
   if (files.size() == 2) {  // mean loss over up to 16 validation batches

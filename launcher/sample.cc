@@ -36,7 +36,7 @@ absl::StatusOr<std::string> Sample(core::GPT2& model, const SampleOptions& o) {
   // One fixed window: causal attention makes the logits at position i depend on tokens <= i only,
   // so the unused tail of the window can hold anything.
   const int T = std::min<int>(c.max_seq_len, static_cast<int>(ctx.size()) + o.tokens);
-  MT_RETURN_IF_ERROR(model.Prepare(1, T));
+  MT_RETURN_IF_ERROR(model.Prepare({.B = 1, .T = T, .mode = core::ModelMode::kEval}));
   core::Engine engine(&model);
   std::vector<int32_t> window(T, 0);
   std::string out = o.prompt;
@@ -46,7 +46,7 @@ absl::StatusOr<std::string> Sample(core::GPT2& model, const SampleOptions& o) {
   for (int n = 0; n < o.tokens; ++n) {
     const int len = std::min<int>(T, static_cast<int>(ctx.size()));
     std::copy(ctx.end() - len, ctx.end(), window.begin());
-    MT_RETURN_IF_ERROR(engine.Forward({window.data(), nullptr, 1, T}).status());
+    MT_RETURN_IF_ERROR(engine.Forward({window.data(), nullptr, 1, T}, core::Pass::kEvalForward));
     const float* logits =
         model.logits().f32() + static_cast<int64_t>(len - 1) * c.padded_vocab_size;
     int next = 0;

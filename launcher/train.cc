@@ -1,231 +1,20 @@
 #include "launcher/train.h"
 
-#include <unistd.h>
-
 #include <chrono>
-#include <cmath>
-#include <cstdio>
-#include <filesystem>
-#include <fstream>
 #include <memory>
 #include <optional>
 #include <string>
-#include <vector>
 
-#include "absl/strings/numbers.h"
 #include "absl/strings/str_format.h"
-#include "core/data_loader.h"
-#include "core/llmc.h"
+#include "core/evaluate.h"
 #include "core/threads.h"
 #include "launcher/agree.h"
-#include "launcher/checkpoint.h"
-#include "launcher/spec.h"
-#include "optim/adamw.h"
-#include "optim/lion.h"
+#include "launcher/loop.h"
 #include "optim/schedule.h"
-#include "optim/sgd.h"
-#include "parallel/data_parallel.h"
-#include "parallel/process_grid.h"
 
 namespace memtrain::launcher {
 namespace {
-
 using Clock = std::chrono::steady_clock;
-
-std::string Hms(double seconds) {
-  const int64_t s = static_cast<int64_t>(seconds + 0.5);
-  return absl::StrFormat("%d:%02d:%02d", s / 3600, (s / 60) % 60, s % 60);
-}
-
-absl::StatusOr<std::unique_ptr<optim::Optimizer>> MakeOptimizer(const Optimizer& spec,
-                                                                core::Model* model) {
-  optim::DecayPolicy decay{.decay_1d = spec.decay_1d(),
-                           .no_decay = {spec.no_decay().begin(), spec.no_decay().end()}};
-  if (spec.has_lion()) {
-    const Lion& l = spec.lion();
-    return optim::Lion::Create(model,
-                               {.lr = l.lr(),
-                                .beta1 = l.beta1(),
-                                .beta2 = l.beta2(),
-                                .weight_decay = l.weight_decay(),
-                                .direction = l.k() == Lion::TANH ? core::cpu::LionDirection::kTanh
-                                                                 : core::cpu::LionDirection::kSign,
-                                .tau = l.tau()},
-                               l.momentum_dtype() == Lion::BF16, decay);
-  }
-  if (spec.has_sgd()) {
-    const Sgd& g = spec.sgd();
-    return optim::Sgd::Create(model,
-                              {.lr = g.lr(),
-                               .momentum = g.momentum(),
-                               .dampening = g.dampening(),
-                               .weight_decay = g.weight_decay(),
-                               .nesterov = g.nesterov()},
-                              decay);
-  }
-  const AdamW& a = spec.adamw();
-  return optim::AdamW::Create(
-      model,
-      {.lr = a.lr(),
-       .beta1 = a.beta1(),
-       .beta2 = a.beta2(),
-       .eps = a.eps(),
-       .weight_decay = a.weight_decay(),
-       .variant = a.variant() == AdamW::LLMC ? core::cpu::AdamWVariant::kLlmc
-                                             : core::cpu::AdamWVariant::kPyTorch},
-      decay);
-}
-
-float PeakLr(const Optimizer& spec) {
-  if (spec.has_lion()) return spec.lion().lr();
-  if (spec.has_sgd()) return spec.sgd().lr();
-  return spec.adamw().lr();
-}
-
-// Everything a rank builds before the first collective of the loop.
-struct Setup {
-  std::unique_ptr<core::GPT2> model;
-  std::optional<core::TokenFile> train_tokens, val_tokens;
-  std::optional<core::DataLoader> train, val;
-  std::unique_ptr<optim::Optimizer> opt;
-  TrainState state;
-};
-
-absl::Status CheckSameModel(const core::GPT2Config& want, const core::GPT2Config& got,
-                            const std::string& from) {
-  auto check = [&](const char* field, int a, int b) -> absl::Status {
-    if (a == b) return absl::OkStatus();
-    return absl::InvalidArgumentError(absl::StrFormat(
-        "model.gpt.%s = %d but %s has %d; resume with the job that wrote the checkpoint", field, a,
-        from, b));
-  };
-  MT_RETURN_IF_ERROR(check("n_layer", want.n_layer, got.n_layer));
-  MT_RETURN_IF_ERROR(check("n_head", want.n_head, got.n_head));
-  MT_RETURN_IF_ERROR(check("n_embd", want.n_embd, got.n_embd));
-  MT_RETURN_IF_ERROR(check("vocab_size", want.vocab_size, got.vocab_size));
-  MT_RETURN_IF_ERROR(check("max_seq_len", want.max_seq_len, got.max_seq_len));
-  return absl::OkStatus();
-}
-
-absl::Status BuildSetup(const Job& job, const TrainOptions& options, int data_rank, int data_size,
-                        Setup* s) {
-  const Train& t = job.train();
-  std::optional<LoadedCheckpoint> ckpt;
-  if (options.resume) {
-    if (job.checkpoint().dir().empty()) {
-      return absl::InvalidArgumentError(
-          "--resume needs checkpoint.dir: the folder the interrupted run saved into");
-    }
-    MT_ASSIGN_OR_RETURN(std::string folder, LatestCheckpoint(job.checkpoint().dir()));
-    MT_ASSIGN_OR_RETURN(ckpt, LoadCheckpoint(folder));
-    if (job.model().has_gpt()) {
-      core::GPT2Config want = ToGPT2Config(job.model().gpt());
-      MT_RETURN_IF_ERROR(want.Validate());
-      MT_RETURN_IF_ERROR(CheckSameModel(want, ckpt->model->config(), folder));
-    }
-    s->model = std::move(ckpt->model);
-    s->state = ckpt->state;
-    if (s->state.step >= t.steps()) {
-      return absl::InvalidArgumentError(absl::StrFormat(
-          "train.steps = %d but checkpoint %s is already at step %d; raise train.steps to train "
-          "further",
-          t.steps(), folder, s->state.step));
-    }
-  } else if (!job.model().init_from().empty()) {
-    MT_ASSIGN_OR_RETURN(s->model, LoadModel(job.model().init_from()));
-  } else {
-    MT_ASSIGN_OR_RETURN(s->model, core::GPT2::Create(ToGPT2Config(job.model().gpt())));
-    s->model->InitWeights(job.model().init_seed());
-  }
-  MT_RETURN_IF_ERROR(s->model->Prepare(t.batch_size(), t.seq_len()));
-  const int vocab = s->model->config().vocab_size;
-
-  MT_ASSIGN_OR_RETURN(s->train_tokens, core::TokenFile::Open(job.data().train_tokens()));
-  MT_RETURN_IF_ERROR(s->train_tokens->CheckVocab(vocab));
-  std::optional<uint64_t> shuffle;
-  if (job.data().shuffle()) shuffle = job.data().seed();
-  MT_ASSIGN_OR_RETURN(
-      s->train, core::DataLoader::Create(&*s->train_tokens, t.batch_size(), t.seq_len(), data_rank,
-                                         data_size, shuffle));
-  if (!job.data().val_tokens().empty()) {
-    MT_ASSIGN_OR_RETURN(s->val_tokens, core::TokenFile::Open(job.data().val_tokens()));
-    MT_RETURN_IF_ERROR(s->val_tokens->CheckVocab(vocab));
-    MT_ASSIGN_OR_RETURN(s->val, core::DataLoader::Create(&*s->val_tokens, t.batch_size(),
-                                                         t.seq_len(), data_rank, data_size));
-  }
-  s->train->Seek(s->state.batches_consumed);
-
-  MT_ASSIGN_OR_RETURN(s->opt, MakeOptimizer(job.optimizer(), s->model.get()));
-  if (ckpt) {
-    MT_RETURN_IF_ERROR(RestoreOptimizer(*ckpt, *s->model, s->opt.get()));
-  }
-  s->state.job_text = JobToText(job);
-  return absl::OkStatus();
-}
-
-// Rank 0's output: a progress line (redrawn in place on a terminal) and JSON Lines metrics.
-class Reporter {
- public:
-  // On resume, the metrics file keeps the lines up to `resume_step` (an interrupted run may have
-  // logged steps after its last checkpoint; those are trained again).
-  absl::Status Open(const Job& job, std::optional<int64_t> resume_step, bool quiet) {
-    tty_ = isatty(fileno(stdout));
-    quiet_ = quiet;
-    const std::string& path = job.output().metrics();
-    if (path.empty()) return absl::OkStatus();
-    std::error_code ec;
-    const std::filesystem::path parent = std::filesystem::path(path).parent_path();
-    if (!parent.empty()) std::filesystem::create_directories(parent, ec);
-    std::string kept;
-    if (resume_step) {
-      std::ifstream in(path);
-      for (std::string line; std::getline(in, line);) {
-        int64_t step = 0;
-        const size_t at = line.find("\"step\": ");
-        if (at != std::string::npos &&
-            absl::SimpleAtoi(line.substr(at + 8, line.find_first_of(",}", at) - at - 8), &step) &&
-            step > *resume_step) {
-          continue;
-        }
-        kept += line + "\n";
-      }
-    }
-    metrics_ = std::fopen(path.c_str(), "w");
-    if (metrics_ != nullptr) std::fputs(kept.c_str(), metrics_);
-    if (metrics_ == nullptr) {
-      return absl::PermissionDeniedError(
-          absl::StrFormat("output.metrics = \"%s\": cannot open it for writing", path));
-    }
-    return absl::OkStatus();
-  }
-  ~Reporter() {
-    if (metrics_) std::fclose(metrics_);
-  }
-  void Json(const std::string& line) {
-    if (metrics_ == nullptr) return;
-    std::fprintf(metrics_, "%s\n", line.c_str());
-    std::fflush(metrics_);
-  }
-  void Progress(const std::string& line, bool keep) {
-    if (quiet_) return;
-    if (tty_) {
-      std::printf("\r\x1b[K%s%s", line.c_str(), keep ? "\n" : "");
-    } else if (keep) {
-      std::printf("%s\n", line.c_str());
-    }
-    std::fflush(stdout);
-  }
-  void Line(const std::string& line) {
-    if (quiet_) return;
-    std::printf("%s%s\n", tty_ ? "\r\x1b[K" : "", line.c_str());
-    std::fflush(stdout);
-  }
-
- private:
-  bool tty_ = false, quiet_ = false;
-  std::FILE* metrics_ = nullptr;
-};
-
 }  // namespace
 
 absl::Status RunTraining(const Job& job, const TrainOptions& options,
@@ -236,19 +25,21 @@ absl::Status RunTraining(const Job& job, const TrainOptions& options,
                                                             .sequence = par.sequence(),
                                                             .perturbation = par.perturbation()}));
   const int D = grid.data().size(), rank = world->rank();
+  std::unique_ptr<LoopStrategy> strategy = MakeBackpropStrategy(job);
   Setup s;
-  MT_RETURN_IF_ERROR(AgreeOnStatus(world, BuildSetup(job, options, grid.data_rank(), D, &s)));
+  MT_RETURN_IF_ERROR(AgreeOnStatus(
+      world, BuildSetup(job, options, grid.data_rank(), D, strategy->mode(), &s)));
   // Only now that every rank can run is the metrics file created (or truncated).
   Reporter report;
   absl::Status opened;
   if (rank == 0) {
-    opened = report.Open(job, options.resume ? std::optional<int64_t>(s.state.step) : std::nullopt,
+    opened = report.Open(job.output().metrics(),
+                         options.resume ? std::optional<int64_t>(s.state.step) : std::nullopt,
                          options.quiet);
   }
   MT_RETURN_IF_ERROR(AgreeOnStatus(world, opened));
 
   const Train& t = job.train();
-  const int B = t.batch_size(), T = t.seq_len(), accum = t.grad_accum();
   const Schedule& sch = job.schedule();
   optim::LrSchedule lr_at{.peak = PeakLr(job.optimizer()),
                           .warmup_steps = sch.warmup_steps(),
@@ -258,19 +49,18 @@ absl::Status RunTraining(const Job& job, const TrainOptions& options,
                                                                      : optim::Decay::kConstant,
                           .min_ratio = sch.min_lr_ratio()};
   core::Engine engine(s.model.get());
-  parallel::DataParallelHooks ddp(&grid.data());
-  engine.AddHooks(&ddp);
-  std::vector<int32_t> inputs(static_cast<size_t>(B) * T), targets(inputs.size());
-  const core::Batch batch{inputs.data(), targets.data(), B, T};
-  const int64_t tokens_per_step = static_cast<int64_t>(B) * T * accum * D;
+  LoopContext ctx{job, options, grid, s, engine};
+  MT_RETURN_IF_ERROR(AgreeOnStatus(world, strategy->Start(ctx)));
+  const int64_t tokens_per_step = strategy->tokens_per_step();
   const int64_t last_step =
       options.stop_after > 0 ? std::min<int64_t>(options.stop_after, t.steps()) : t.steps();
   if (rank == 0) {
     report.Line(absl::StrFormat(
         "%s, %d parameters; %d data rank(s) x %d threads; global batch %d tokens; "
-        "%s state %.1f MiB%s",
+        "%s state %.1f MiB; %s%s",
         s.model->config().ToString(), s.model->num_parameters(), D, core::GetThreads(),
         tokens_per_step, s.opt->name(), s.opt->state_bytes() / 1048576.0,
+        core::ModelModeName(strategy->mode()),
         options.resume ? absl::StrFormat("; resuming at step %d", s.state.step) : ""));
     report.Json(absl::StrFormat(
         R"({"event": "start", "step": %d, "params": %d, "opt_state_bytes": %d, "world": %d})",
@@ -291,36 +81,9 @@ absl::Status RunTraining(const Job& job, const TrainOptions& options,
   for (int64_t step = first_step; step < last_step; ++step) {
     const auto t0 = Clock::now();
     const float lr = lr_at.At(step);
-    engine.ZeroGrad();
-    double loss = 0.0;
-    for (int micro = 0; micro < accum; ++micro) {
-      s.train->Next(inputs.data(), targets.data());
-      MT_ASSIGN_OR_RETURN(float l, engine.Forward(batch));
-      loss += l;
-      ddp.set_sync(micro == accum - 1);
-      engine.Backward(batch, 1.0f / (static_cast<float>(D) * accum));
-    }
-    const auto t_wait = Clock::now();
-    MT_RETURN_IF_ERROR(ddp.Wait());
-    const double wait_ms = 1e3 * std::chrono::duration<double>(Clock::now() - t_wait).count();
-    loss /= accum;
-    MT_RETURN_IF_ERROR(
-        grid.data().AllReduce(&loss, 1, core::DType::kF64, parallel::ReduceOp::kSum).Wait());
-    loss /= D;
-    if (!std::isfinite(loss)) {
-      // Every rank sees the same all-reduced loss, so all stop here together.
-      return absl::InternalError(absl::StrFormat(
-          "the training loss is %f at step %d; lower the learning rate, add warm-up or set "
-          "optimizer.clip_grad_norm (the last checkpoint, if any, is intact)",
-          loss, step + 1));
-    }
-    // The gradients are all-reduced: every rank computes the same global norm.
-    const float clip = job.optimizer().clip_grad_norm();
     const bool log = rank == 0 && ((step + 1) % t.log_every() == 0 || step + 1 == last_step);
-    const double grad_norm = (clip > 0 || log) ? optim::GlobalGradNorm(*s.model) : 0.0;
-    s.opt->Step(lr, optim::ClipScale(grad_norm, clip));
+    MT_ASSIGN_OR_RETURN(StepResult result, strategy->Step(step, lr, log));
     s.state.step = step + 1;
-    s.state.batches_consumed = s.train->batches_consumed();
     const double dt = std::chrono::duration<double>(Clock::now() - t0).count();
     const double elapsed = std::chrono::duration<double>(Clock::now() - t_start).count();
     const double eta = elapsed / (step + 1 - first_step) * (last_step - step - 1);
@@ -328,14 +91,14 @@ absl::Status RunTraining(const Job& job, const TrainOptions& options,
     if (rank == 0) {
       if (log) {
         report.Json(absl::StrFormat(
-            R"({"step": %d, "loss": %.9g, "lr": %.9g, "tokens_per_sec": %.1f, "step_ms": %.3f, )"
-            R"("comm_wait_ms": %.3f, "grad_norm": %.6g})",
-            step + 1, loss, lr, tokens_per_step / dt, 1e3 * dt, wait_ms, grad_norm));
+            R"({"step": %d, "loss": %.9g, "lr": %.9g, "tokens_per_sec": %.1f, "step_ms": %.3f%s})",
+            step + 1, result.loss, lr, tokens_per_step / dt, 1e3 * dt, result.json_fields));
       }
       report.Progress(
           absl::StrFormat("step %d/%d | loss %.4f | lr %.2e | %.0f tok/s | "
                           "%.0f ms/step | ETA %s",
-                          step + 1, t.steps(), loss, lr, tokens_per_step / dt, 1e3 * dt, Hms(eta)),
+                          step + 1, t.steps(), result.loss, lr, tokens_per_step / dt, 1e3 * dt,
+                          Hms(eta)),
           log);
     }
     const bool final_step = step + 1 == last_step;

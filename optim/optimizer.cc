@@ -2,6 +2,7 @@
 
 #include <cmath>
 
+#include "core/backend.h"
 #include "core/kernels/cpu/ops.h"
 
 namespace memtrain::optim {
@@ -42,7 +43,9 @@ double GlobalGradNorm(core::Model& model) {
   double sum = 0.0;
   for (int s = 0; s < model.num_stages(); ++s) {
     const core::Tensor& g = model.block(s).grads();
-    sum += core::cpu::SquaredNorm(g.f32(), g.numel());
+    if (!g.defined()) continue;  // no backward has touched this block
+    sum += core::BackendFor(g.device()).SquaredNorm(core::ExecContext::For(g.device()), g.f32(),
+                                                    g.numel());
   }
   return std::sqrt(sum);
 }

@@ -17,23 +17,36 @@
 #include <vector>
 
 #include "absl/status/statusor.h"
+#include "core/backend.h"
 #include "core/dtype.h"
 
 namespace memtrain::parallel {
 
 enum class ReduceOp { kSum, kMax, kMin };
 
-// A handle on an operation in flight. Wait() blocks until it is done and returns its status;
-// an empty handle is already done.
+// A handle on an operation in flight (after PyTorch c10d's Work). Wait() blocks the host until
+// it is done and returns its status; WaitOn(ctx) orders the work of `ctx` after it without
+// blocking the host where the backend can (a device stream waits on an event); on the CPU, and
+// for host-memory communicators, it is Wait(). An empty handle is already done.
 class Work {
  public:
+  // How a device communicator makes a stream wait (e.g. cudaStreamWaitEvent on the event
+  // recorded after the collective). Returns the status of the enqueue.
+  using StreamWait = std::function<absl::Status(const core::ExecContext&)>;
+
   Work() = default;
-  explicit Work(std::shared_future<absl::Status> f) : done_(std::move(f)) {}
+  explicit Work(std::shared_future<absl::Status> f, StreamWait stream_wait = nullptr)
+      : done_(std::move(f)), stream_wait_(std::move(stream_wait)) {}
   static Work Done(absl::Status s = absl::OkStatus());
   absl::Status Wait() const { return done_.valid() ? done_.get() : absl::OkStatus(); }
+  absl::Status WaitOn(const core::ExecContext& ctx) const {
+    if (stream_wait_ && ctx.stream != nullptr) return stream_wait_(ctx);
+    return Wait();
+  }
 
  private:
   std::shared_future<absl::Status> done_;
+  StreamWait stream_wait_;
 };
 
 class Communicator {

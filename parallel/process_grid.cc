@@ -27,6 +27,7 @@ absl::StatusOr<ProcessGrid> ProcessGrid::Create(Communicator* world, GridShape s
   MT_ASSIGN_OR_RETURN(g.data_, world->Split(/*color=*/g.s_ * P + g.p_, /*key=*/g.d_));
   MT_ASSIGN_OR_RETURN(g.sequence_, world->Split(g.d_ * P + g.p_, g.s_));
   MT_ASSIGN_OR_RETURN(g.perturbation_, world->Split(g.d_ * S + g.s_, g.p_));
+  MT_ASSIGN_OR_RETURN(g.data_sequence_, world->Split(g.p_, g.d_ * S + g.s_));
   return g;
 }
 

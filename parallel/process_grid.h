@@ -37,12 +37,15 @@ class ProcessGrid {
   Communicator& data() { return *data_; }                  // same (s, p), varying d
   Communicator& sequence() { return *sequence_; }          // same (d, p), varying s
   Communicator& perturbation() { return *perturbation_; }  // same (d, s), varying p
+  // Same p, varying (d, s): the ranks a block's gradients are reduced over when sequence
+  // parallelism shards the tokens of each data-parallel replica (rank d * S + s).
+  Communicator& data_sequence() { return *data_sequence_; }
 
  private:
   GridShape shape_;
   int d_ = 0, s_ = 0, p_ = 0;
   Communicator* world_ = nullptr;
-  std::unique_ptr<Communicator> data_, sequence_, perturbation_;
+  std::unique_ptr<Communicator> data_, sequence_, perturbation_, data_sequence_;
 };
 
 }  // namespace memtrain::parallel

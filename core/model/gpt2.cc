@@ -4,7 +4,6 @@
 #include <cstring>
 
 #include "absl/strings/str_format.h"
-#include "core/kernels/cpu/ops.h"
 #include "core/philox.h"
 
 namespace memtrain::core {
@@ -16,7 +15,7 @@ absl::Status GPT2Config::Validate() {
   auto positive = [](const char* field, int v) -> absl::Status {
     if (v > 0) return absl::OkStatus();
     return absl::InvalidArgumentError(
-        absl::StrFormat("model.gpt.%s = %d: must be a positive integer", field, v));
+        absl::StrFormat("GPT2Config::%s = %d: must be a positive integer", field, v));
   };
   MT_RETURN_IF_ERROR(positive("max_seq_len", max_seq_len));
   MT_RETURN_IF_ERROR(positive("vocab_size", vocab_size));
@@ -25,14 +24,14 @@ absl::Status GPT2Config::Validate() {
   MT_RETURN_IF_ERROR(positive("n_embd", n_embd));
   if (n_embd % n_head != 0) {
     return absl::InvalidArgumentError(absl::StrFormat(
-        "model.gpt.n_embd = %d is not a multiple of model.gpt.n_head = %d; pick n_embd = "
+        "GPT2Config::n_embd = %d is not a multiple of GPT2Config::n_head = %d; pick n_embd = "
         "n_head * head_size",
         n_embd, n_head));
   }
   if (padded_vocab_size == 0) padded_vocab_size = (vocab_size + 127) / 128 * 128;
   if (padded_vocab_size < vocab_size) {
     return absl::InvalidArgumentError(
-        absl::StrFormat("model.gpt.padded_vocab_size = %d is smaller than vocab_size = %d",
+        absl::StrFormat("GPT2Config::padded_vocab_size = %d is smaller than GPT2Config::vocab_size = %d",
                         padded_vocab_size, vocab_size));
   }
   return absl::OkStatus();
@@ -108,7 +107,8 @@ std::vector<int> GPT2::extra_blocks(int stage) const {
   return {};
 }
 
-absl::Status GPT2::Prepare(int B, int T) {
+absl::Status GPT2::Prepare(const PrepareOptions& o) {
+  const int B = o.B, T = o.T;
   if (B <= 0 || T <= 0) {
     return absl::InvalidArgumentError(
         absl::StrFormat("batch shape B=%d, T=%d: both must be positive", B, T));
@@ -119,22 +119,41 @@ absl::Status GPT2::Prepare(int B, int T) {
         "seq_len or a model with a larger max_seq_len",
         T, config_.max_seq_len));
   }
-  if (B == B_ && T == T_) return absl::OkStatus();
+  const bool training = IsTrainingMode(o.mode);
+  const int lanes = o.mode == ModelMode::kForwardOnly ? o.lanes : 1;
+  if (lanes < 1) {
+    return absl::InvalidArgumentError(absl::StrFormat(
+        "PrepareOptions::lanes = %d: a forward-only plan needs at least one lane", o.lanes));
+  }
+  if (B == B_ && T == T_ && o.mode == mode_ && lanes == prepared_.lanes) {
+    return absl::OkStatus();
+  }
   const int64_t N = static_cast<int64_t>(B) * T, C = config_.n_embd, NH = config_.n_head;
-  const int64_t Vp = config_.padded_vocab_size;
+  const int64_t Vp = config_.padded_vocab_size, L = config_.n_layer;
   auto act = [&](Shape s) {
     return Tensor::Empty(s, DType::kF32, MemoryTag::kActivations, device_);
   };
   auto scratch = [&](Shape s) {
     return Tensor::Empty(s, DType::kF32, MemoryTag::kScratch, device_);
   };
-  // Release the old buffers first so a resize does not need both at once.
+  // Release the old buffers first so a re-plan does not need both at once.
   acts_.clear();
+  resid_.clear();
+  losses_.clear();
+  lnf_ = lnf_mean_ = lnf_rstd_ = logits_ = lse_ = Tensor();
+  dres_[0] = dres_[1] = dbuf_ = dqkv_ = dfch_ = Tensor();
   B_ = T_ = 0;
-  MT_ASSIGN_OR_RETURN(emb_out_, act({B, T, C}));
-  const int64_t per_block = N * (C + 1 + 1 + 3 * C + C + C + 1 + 1 + 4 * C + 4 * C + C) +
-                            static_cast<int64_t>(B) * NH * T + N * C;
-  for (int l = 0; l < config_.n_layer; ++l) {
+  prepared_ = PrepareOptions{};
+
+  const int n_resid = training ? L + 1 : 2 * lanes;
+  for (int i = 0; i < n_resid; ++i) {
+    MT_ASSIGN_OR_RETURN(Tensor r, act({B, T, C}));
+    resid_.push_back(std::move(r));
+  }
+  const int64_t per_block = N * (C + 1 + 1 + 3 * C + C + C + C + 1 + 1 + 4 * C + 4 * C) +
+                            static_cast<int64_t>(B) * NH * T;
+  const int n_acts = o.mode == ModelMode::kTrain ? L : 1;
+  for (int l = 0; l < n_acts; ++l) {
     BlockActs a;
     MT_ASSIGN_OR_RETURN(a.flat, act({per_block}));
     float* p = a.flat.f32();
@@ -155,7 +174,6 @@ absl::Status GPT2::Prepare(int B, int T) {
     a.ln2_rstd = take(N);
     a.fch = take(N * 4 * C);
     a.fch_gelu = take(N * 4 * C);
-    a.out = take(N * C);
     MT_CHECK(p == a.flat.f32() + per_block);
     acts_.push_back(std::move(a));
   }
@@ -163,23 +181,36 @@ absl::Status GPT2::Prepare(int B, int T) {
   MT_ASSIGN_OR_RETURN(lnf_mean_, act({B, T}));
   MT_ASSIGN_OR_RETURN(lnf_rstd_, act({B, T}));
   MT_ASSIGN_OR_RETURN(logits_, act({B, T, Vp}));
-  MT_ASSIGN_OR_RETURN(losses_, act({B, T}));
   MT_ASSIGN_OR_RETURN(lse_, act({B, T}));
-  MT_ASSIGN_OR_RETURN(dres_[0], scratch({B, T, C}));
-  MT_ASSIGN_OR_RETURN(dres_[1], scratch({B, T, C}));
-  MT_ASSIGN_OR_RETURN(dbuf_, scratch({B, T, C}));
-  MT_ASSIGN_OR_RETURN(dqkv_, scratch({B, T, 3 * C}));
-  MT_ASSIGN_OR_RETURN(dfch_, scratch({B, T, 4 * C}));
+  for (int k = 0; k < lanes; ++k) {
+    MT_ASSIGN_OR_RETURN(Tensor l, act({B, T}));
+    losses_.push_back(std::move(l));
+  }
+  valid_targets_.assign(lanes, 0);
+  if (training) {
+    MT_ASSIGN_OR_RETURN(dres_[0], scratch({B, T, C}));
+    MT_ASSIGN_OR_RETURN(dres_[1], scratch({B, T, C}));
+    MT_ASSIGN_OR_RETURN(dbuf_, scratch({B, T, C}));
+    MT_ASSIGN_OR_RETURN(dqkv_, scratch({B, T, 3 * C}));
+    MT_ASSIGN_OR_RETURN(dfch_, scratch({B, T, 4 * C}));
+  }
+  MT_RETURN_IF_ERROR(attention_->Prepare(
+      {.B = B, .T = T, .C = C, .NH = NH, .n_layer = config_.n_layer, .mode = o.mode,
+       .device = device_}));
   B_ = B;
   T_ = T;
+  mode_ = o.mode;
+  prepared_ = PrepareOptions{.B = B, .T = T, .mode = o.mode, .lanes = lanes};
   return absl::OkStatus();
 }
 
 int64_t GPT2::activation_bytes() const {
-  int64_t n = emb_out_.nbytes() + lnf_.nbytes() + lnf_mean_.nbytes() + lnf_rstd_.nbytes() +
-              logits_.nbytes() + losses_.nbytes() + lse_.nbytes() + dres_[0].nbytes() +
-              dres_[1].nbytes() + dbuf_.nbytes() + dqkv_.nbytes() + dfch_.nbytes();
+  int64_t n = lnf_.nbytes() + lnf_mean_.nbytes() + lnf_rstd_.nbytes() + logits_.nbytes() +
+              lse_.nbytes() + dres_[0].nbytes() + dres_[1].nbytes() + dbuf_.nbytes() +
+              dqkv_.nbytes() + dfch_.nbytes();
   for (const BlockActs& a : acts_) n += a.flat.nbytes();
+  for (const Tensor& t : resid_) n += t.nbytes();
+  for (const Tensor& t : losses_) n += t.nbytes();
   return n;
 }
 
@@ -210,123 +241,143 @@ absl::Status GPT2::ValidateBatch(const Batch& batch) const {
   return absl::OkStatus();
 }
 
-const float* GPT2::StageInput(int stage) const {
-  return stage == 1 ? emb_out_.f32() : acts_[stage - 2].out;
+float* GPT2::Resid(int i, int lane) const {
+  return IsTrainingMode(mode_) ? resid_[i].f32() : resid_[2 * lane + (i & 1)].f32();
 }
 
-void GPT2::ForwardStage(int stage, const Batch& batch) {
+absl::Status GPT2::ForwardStage(int stage, const Batch& batch, Pass pass, int lane,
+                                const ExecContext& ctx) {
   if (stage == kEmbeddingStage) {
     const ParamBlock& e = blocks_[0];
-    cpu::EmbeddingForward(emb_out_.f32(), batch.inputs, e.param("wte").f32(), e.param("wpe").f32(),
-                          B_, T_, config_.n_embd, batch.pos_offset);
+    be_->EmbeddingForward(ctx, Resid(0, lane), batch.inputs, e.param("wte").f32(),
+                          e.param("wpe").f32(), B_, T_, config_.n_embd, batch.pos_offset);
   } else if (stage == head_stage()) {
-    HeadForward(batch);
+    HeadForward(batch, lane, ctx);
   } else {
-    BlockForward(stage - 1, batch);
+    const int layer = stage - 1;
+    MT_RETURN_IF_ERROR(
+        BlockForward(layer, Acts(layer), Resid(layer, lane), Resid(layer + 1, lane), ctx));
   }
+  return absl::OkStatus();
 }
 
-void GPT2::BackwardStage(int stage, const Batch& batch, float loss_scale) {
+absl::Status GPT2::BackwardStage(int stage, const Batch& batch, float loss_scale,
+                                 const ExecContext& ctx) {
   if (stage == kEmbeddingStage) {
     const ParamBlock& e = blocks_[0];
-    cpu::EmbeddingBackward(e.grad("wte").f32(), e.grad("wpe").f32(), dres_[cur_dres_].f32(),
+    be_->EmbeddingBackward(ctx, e.grad("wte").f32(), e.grad("wpe").f32(), dres_[cur_dres_].f32(),
                            batch.inputs, B_, T_, config_.n_embd, batch.pos_offset);
   } else if (stage == head_stage()) {
-    HeadBackward(batch, loss_scale);
+    HeadBackward(batch, loss_scale, ctx);
   } else {
-    BlockBackward(stage - 1, batch);
+    MT_RETURN_IF_ERROR(BlockBackward(stage - 1, ctx));
   }
+  return absl::OkStatus();
 }
 
-void GPT2::BlockForward(int layer, const Batch& batch) {
+// out may be null: a recompute needs the block's activations, not its output.
+absl::Status GPT2::BlockForward(int layer, const BlockActs& a, const float* inp, float* out,
+                                const ExecContext& ctx) {
   const int64_t N = static_cast<int64_t>(B_) * T_, C = config_.n_embd;
   const ParamBlock& p = blocks_[layer + 1];
-  BlockActs& a = acts_[layer];
-  const float* inp = StageInput(layer + 1);  // (B, T, C)
-  cpu::LayerNormForward(a.ln1, a.ln1_mean, a.ln1_rstd, inp, p.param("ln1w").f32(),
+  be_->LayerNormForward(ctx, a.ln1, a.ln1_mean, a.ln1_rstd, inp, p.param("ln1w").f32(),
                         p.param("ln1b").f32(), N, C);
-  cpu::MatmulForward(a.qkv, nullptr, a.ln1, p.param("qkvw").f32(), p.param("qkvb").f32(), N, C,
-                     3 * C);
-  attention_->Forward(a.atty, a.att_lse, a.qkv, B_, T_, C, config_.n_head);
-  cpu::MatmulForward(a.res2, inp, a.atty, p.param("attprojw").f32(), p.param("attprojb").f32(), N,
-                     C, C);
-  cpu::LayerNormForward(a.ln2, a.ln2_mean, a.ln2_rstd, a.res2, p.param("ln2w").f32(),
+  be_->MatmulForward(ctx, a.qkv, nullptr, a.ln1, p.param("qkvw").f32(), p.param("qkvb").f32(), N,
+                     C, 3 * C);
+  MT_RETURN_IF_ERROR(attention_->Forward(Call(layer, ctx), a.atty, a.att_lse, a.qkv));
+  be_->MatmulForward(ctx, a.res2, inp, a.atty, p.param("attprojw").f32(),
+                     p.param("attprojb").f32(), N, C, C);
+  be_->LayerNormForward(ctx, a.ln2, a.ln2_mean, a.ln2_rstd, a.res2, p.param("ln2w").f32(),
                         p.param("ln2b").f32(), N, C);
-  cpu::MatmulForward(a.fch, nullptr, a.ln2, p.param("fcw").f32(), p.param("fcb").f32(), N, C,
+  be_->MatmulForward(ctx, a.fch, nullptr, a.ln2, p.param("fcw").f32(), p.param("fcb").f32(), N, C,
                      4 * C);
-  cpu::GeluForward(a.fch_gelu, a.fch, N * 4 * C);
-  cpu::MatmulForward(a.out, a.res2, a.fch_gelu, p.param("fcprojw").f32(), p.param("fcprojb").f32(),
-                     N, 4 * C, C);
+  be_->GeluForward(ctx, a.fch_gelu, a.fch, N * 4 * C);
+  if (out != nullptr) {
+    be_->MatmulForward(ctx, out, a.res2, a.fch_gelu, p.param("fcprojw").f32(),
+                       p.param("fcprojb").f32(), N, 4 * C, C);
+  }
+  return absl::OkStatus();
 }
 
-void GPT2::BlockBackward(int layer, const Batch& batch) {
+absl::Status GPT2::BlockBackward(int layer, const ExecContext& ctx) {
   const int64_t N = static_cast<int64_t>(B_) * T_, C = config_.n_embd;
   const ParamBlock& p = blocks_[layer + 1];
-  const BlockActs& a = acts_[layer];
-  const float* inp = StageInput(layer + 1);
+  const BlockActs& a = Acts(layer);
+  const float* inp = Resid(layer, 0);
+  if (mode_ == ModelMode::kTrainRecompute) {
+    // Activation checkpointing: the same kernels on the same input give the same activations.
+    MT_RETURN_IF_ERROR(BlockForward(layer, a, inp, nullptr, ctx));
+  }
   const float* dout = dres_[cur_dres_].f32();  // d(block output) (B, T, C)
   float* dres = dres_[1 - cur_dres_].f32();    // becomes d(block input)
   float* dbuf = dbuf_.f32();
   float* dfch = dfch_.f32();
   // MLP branch: out = res2 + fcproj(gelu(fc(ln2(res2)))).
-  cpu::MatmulBackward(dfch, p.grad("fcprojw").f32(), p.grad("fcprojb").f32(), dout, a.fch_gelu,
-                      p.param("fcprojw").f32(), N, 4 * C, C);
-  cpu::GeluBackward(dfch, a.fch, dfch, N * 4 * C);
-  cpu::MatmulBackward(dbuf, p.grad("fcw").f32(), p.grad("fcb").f32(), dfch, a.ln2,
+  be_->MatmulBackward(ctx, dfch, p.grad("fcprojw").f32(), p.grad("fcprojb").f32(), dout,
+                      a.fch_gelu, p.param("fcprojw").f32(), N, 4 * C, C);
+  be_->GeluBackward(ctx, dfch, a.fch, dfch, N * 4 * C);
+  be_->MatmulBackward(ctx, dbuf, p.grad("fcw").f32(), p.grad("fcb").f32(), dfch, a.ln2,
                       p.param("fcw").f32(), N, C, 4 * C);
-  std::memcpy(dres, dout, N * C * sizeof(float));  // the residual path passes dout through
-  cpu::LayerNormBackward(dres, p.grad("ln2w").f32(), p.grad("ln2b").f32(), dbuf, a.res2,
+  // The residual path passes dout through.
+  be_->Copy(ctx, dres, dout, N * C * sizeof(float));
+  be_->LayerNormBackward(ctx, dres, p.grad("ln2w").f32(), p.grad("ln2b").f32(), dbuf, a.res2,
                          p.param("ln2w").f32(), a.ln2_mean, a.ln2_rstd, N, C);
   // Attention branch: res2 = inp + attproj(attention(qkv(ln1(inp)))); dres now holds d(res2).
-  cpu::MatmulBackward(dbuf, p.grad("attprojw").f32(), p.grad("attprojb").f32(), dres, a.atty,
-                      p.param("attprojw").f32(), N, C, C);
-  attention_->Backward(dqkv_.f32(), dbuf, a.qkv, a.atty, a.att_lse, B_, T_, C, config_.n_head);
-  cpu::MatmulBackward(dbuf, p.grad("qkvw").f32(), p.grad("qkvb").f32(), dqkv_.f32(), a.ln1,
+  be_->MatmulBackward(ctx, dbuf, p.grad("attprojw").f32(), p.grad("attprojb").f32(), dres,
+                      a.atty, p.param("attprojw").f32(), N, C, C);
+  MT_RETURN_IF_ERROR(
+      attention_->Backward(Call(layer, ctx), dqkv_.f32(), dbuf, a.qkv, a.atty, a.att_lse));
+  be_->MatmulBackward(ctx, dbuf, p.grad("qkvw").f32(), p.grad("qkvb").f32(), dqkv_.f32(), a.ln1,
                       p.param("qkvw").f32(), N, C, 3 * C);
-  cpu::LayerNormBackward(dres, p.grad("ln1w").f32(), p.grad("ln1b").f32(), dbuf, inp,
+  be_->LayerNormBackward(ctx, dres, p.grad("ln1w").f32(), p.grad("ln1b").f32(), dbuf, inp,
                          p.param("ln1w").f32(), a.ln1_mean, a.ln1_rstd, N, C);
   cur_dres_ = 1 - cur_dres_;
+  return absl::OkStatus();
 }
 
-void GPT2::HeadForward(const Batch& batch) {
+void GPT2::HeadForward(const Batch& batch, int lane, const ExecContext& ctx) {
   const int64_t N = static_cast<int64_t>(B_) * T_, C = config_.n_embd;
   const ParamBlock& h = blocks_[head_stage()];
-  const float* x = StageInput(head_stage());
-  cpu::LayerNormForward(lnf_.f32(), lnf_mean_.f32(), lnf_rstd_.f32(), x, h.param("lnfw").f32(),
-                        h.param("lnfb").f32(), N, C);
-  cpu::MatmulForward(logits_.f32(), nullptr, lnf_.f32(), blocks_[0].param("wte").f32(), nullptr, N,
-                     C, config_.padded_vocab_size);
-  mean_loss_ = 0.0f;
-  valid_targets_ = 0;
+  const float* x = Resid(config_.n_layer, lane);
+  be_->LayerNormForward(ctx, lnf_.f32(), lnf_mean_.f32(), lnf_rstd_.f32(), x,
+                        h.param("lnfw").f32(), h.param("lnfb").f32(), N, C);
+  be_->MatmulForward(ctx, logits_.f32(), nullptr, lnf_.f32(), blocks_[0].param("wte").f32(),
+                     nullptr, N, C, config_.padded_vocab_size);
+  valid_targets_[lane] = 0;
   if (batch.targets == nullptr) return;
-  cpu::CrossEntropyForward(losses_.f32(), lse_.f32(), logits_.f32(), batch.targets, N,
+  be_->CrossEntropyForward(ctx, losses_[lane].f32(), lse_.f32(), logits_.f32(), batch.targets, N,
                            config_.vocab_size, config_.padded_vocab_size);
-  double sum = 0.0;
-  for (int64_t i = 0; i < N; ++i) {
-    if (batch.targets[i] >= 0) {
-      sum += losses_.f32()[i];
-      ++valid_targets_;
-    }
-  }
-  mean_loss_ = valid_targets_ ? static_cast<float>(sum / valid_targets_) : 0.0f;
+  // The targets live on the host: counting them needs no device read.
+  int valid = 0;
+  for (int64_t i = 0; i < N; ++i) valid += batch.targets[i] >= 0;
+  valid_targets_[lane] = valid;
 }
 
-void GPT2::HeadBackward(const Batch& batch, float loss_scale) {
+double GPT2::Loss(int lane) const {
+  MT_CHECK(lane >= 0 && lane < static_cast<int>(losses_.size()))
+      << "Loss(" << lane << ") but the model was prepared with " << losses_.size() << " lane(s)";
+  const int valid = valid_targets_[lane];
+  if (valid == 0) return 0.0;
+  // Ignored positions hold 0, so the sum over all positions is the sum over the valid ones.
+  return be_->Sum(ExecContext::For(device_), losses_[lane].f32(), losses_[lane].numel()) / valid;
+}
+
+void GPT2::HeadBackward(const Batch& batch, float loss_scale, const ExecContext& ctx) {
   MT_CHECK(batch.targets != nullptr) << "Backward needs targets";
   const int64_t N = static_cast<int64_t>(B_) * T_, C = config_.n_embd;
   const int64_t Vp = config_.padded_vocab_size;
   const ParamBlock& h = blocks_[head_stage()];
-  float dloss = valid_targets_ ? loss_scale / valid_targets_ : 0.0f;
+  const float dloss = valid_targets_[0] ? loss_scale / valid_targets_[0] : 0.0f;
   float* dlogits = logits_.f32();  // in place: the logits are not needed any more
-  cpu::CrossEntropyBackward(dlogits, logits_.f32(), lse_.f32(), batch.targets, dloss, N,
+  be_->CrossEntropyBackward(ctx, dlogits, logits_.f32(), lse_.f32(), batch.targets, dloss, N,
                             config_.vocab_size, Vp);
-  cpu::MatmulBackward(dbuf_.f32(), blocks_[0].grad("wte").f32(), nullptr, dlogits, lnf_.f32(),
-                      blocks_[0].param("wte").f32(), N, C, Vp);
+  be_->MatmulBackward(ctx, dbuf_.f32(), blocks_[0].grad("wte").f32(), nullptr, dlogits,
+                      lnf_.f32(), blocks_[0].param("wte").f32(), N, C, Vp);
   cur_dres_ = 0;
-  dres_[0].SetZero();
-  cpu::LayerNormBackward(dres_[0].f32(), h.grad("lnfw").f32(), h.grad("lnfb").f32(), dbuf_.f32(),
-                         StageInput(head_stage()), h.param("lnfw").f32(), lnf_mean_.f32(),
-                         lnf_rstd_.f32(), N, C);
+  be_->SetZero(ctx, dres_[0].raw(), dres_[0].nbytes());
+  be_->LayerNormBackward(ctx, dres_[0].f32(), h.grad("lnfw").f32(), h.grad("lnfb").f32(),
+                         dbuf_.f32(), Resid(config_.n_layer, 0), h.param("lnfw").f32(),
+                         lnf_mean_.f32(), lnf_rstd_.f32(), N, C);
 }
 
 }  // namespace memtrain::core

@@ -6,8 +6,13 @@
 //   GPT2Config cfg{.max_seq_len = 256, .vocab_size = 256, .n_layer = 4, .n_head = 4, .n_embd =
 //   256}; MT_ASSIGN_OR_RETURN(std::unique_ptr<GPT2> model, GPT2::Create(cfg));
 //   model->InitWeights(/*seed=*/1337);
-//   MT_RETURN_IF_ERROR(model->Prepare(B, T));
+//   MT_RETURN_IF_ERROR(model->Prepare({.B = B, .T = T, .mode = core::ModelMode::kTrain}));
 //   core::Engine engine(model.get());
+//
+// Activation plans by mode (Prepare): kTrain keeps every block's activations; kTrainRecompute
+// keeps each block's input (the residual stream) and one block's activations, re-running a
+// block's forward at the start of its backward; kEval / kForwardOnly keep two residual buffers per
+// lane and one block's activations, and no backward scratch.
 #ifndef MEMTRAIN_CORE_MODEL_GPT2_H_
 #define MEMTRAIN_CORE_MODEL_GPT2_H_
 
@@ -17,7 +22,7 @@
 
 #include "absl/status/statusor.h"
 #include "core/attention.h"
-#include "core/engine.h"
+#include "core/model.h"
 #include "core/param_block.h"
 
 namespace memtrain::core {
@@ -30,7 +35,8 @@ struct GPT2Config {
   int n_head = 12;            // NH
   int n_embd = 768;           // C
 
-  // InvalidArgument naming the field if the sizes are inconsistent; fills padded_vocab_size.
+  // InvalidArgument naming the field (e.g. "GPT2Config::n_embd") if the sizes are
+  // inconsistent; fills padded_vocab_size.
   absl::Status Validate();
   std::string ToString() const;
 };
@@ -56,16 +62,19 @@ class GPT2 : public Model {
   ParamBlock& block(int stage) override { return blocks_[stage]; }
   const ParamBlock& block(int stage) const { return blocks_[stage]; }
   std::vector<int> extra_blocks(int stage) const override;
-  absl::Status Prepare(int B, int T) override;
+  using Model::Prepare;
+  absl::Status Prepare(const PrepareOptions& options) override;
   absl::Status ValidateBatch(const Batch& batch) const override;
-  void ForwardStage(int stage, const Batch& batch) override;
-  void BackwardStage(int stage, const Batch& batch, float loss_scale) override;
-  float loss() const override { return mean_loss_; }
+  absl::Status ForwardStage(int stage, const Batch& batch, Pass pass, int lane,
+                            const ExecContext& ctx) override;
+  absl::Status BackwardStage(int stage, const Batch& batch, float loss_scale,
+                             const ExecContext& ctx) override;
+  double Loss(int lane = 0) const override;
 
   // (B, T, Vp) logits of the last forward; overwritten by their gradient during Backward.
   const Tensor& logits() const { return logits_; }
-  // (B, T) per-position losses of the last forward.
-  const Tensor& losses() const { return losses_; }
+  // (B, T) per-position losses of the last forward of `lane` (0 where no target).
+  const Tensor& losses(int lane = 0) const { return losses_[lane]; }
   // Bytes of activations and backward scratch allocated by Prepare.
   int64_t activation_bytes() const;
 
@@ -78,9 +87,11 @@ class GPT2 : public Model {
   int head_stage() const { return config_.n_layer + 1; }
 
  private:
-  GPT2(GPT2Config config, Device device) : config_(config), device_(device) {}
+  GPT2(GPT2Config config, Device device)
+      : config_(config), device_(device), be_(&BackendFor(device)) {}
 
-  // Saved activations of one transformer block, views into one flat buffer.
+  // Activations of one transformer block, views into one flat buffer. The block's output is
+  // the next entry of the residual stream (resid_).
   struct BlockActs {
     Tensor flat;
     float* ln1;       // (B, T, C)
@@ -95,14 +106,19 @@ class GPT2 : public Model {
     float* ln2_rstd;  // (B, T)
     float* fch;       // (B, T, 4C)
     float* fch_gelu;  // (B, T, 4C)
-    float* out;       // (B, T, C)  res2 + MLP projection = the next stage's input
   };
 
-  const float* StageInput(int stage) const;
-  void BlockForward(int layer, const Batch& batch);
-  void BlockBackward(int layer, const Batch& batch);
-  void HeadForward(const Batch& batch);
-  void HeadBackward(const Batch& batch, float loss_scale);
+  // Entry i of the residual stream of `lane`: 0 = embedding output, l + 1 = block l's output.
+  float* Resid(int i, int lane) const;
+  const BlockActs& Acts(int layer) const { return acts_.size() == 1 ? acts_[0] : acts_[layer]; }
+  absl::Status BlockForward(int layer, const BlockActs& a, const float* inp, float* out,
+                            const ExecContext& ctx);
+  absl::Status BlockBackward(int layer, const ExecContext& ctx);
+  void HeadForward(const Batch& batch, int lane, const ExecContext& ctx);
+  void HeadBackward(const Batch& batch, float loss_scale, const ExecContext& ctx);
+  AttentionCall Call(int layer, const ExecContext& ctx) const {
+    return {layer, B_, T_, config_.n_embd, config_.n_head, &ctx};
+  }
 
   GPT2Config config_;
   Device device_;
@@ -110,20 +126,24 @@ class GPT2 : public Model {
   Attention* attention_ = &local_attention_;
   std::vector<ParamBlock> blocks_;
 
+  Backend* be_;
   int B_ = 0, T_ = 0;
-  Tensor emb_out_;                    // (B, T, C)
-  std::vector<BlockActs> acts_;       // L
+  ModelMode mode_ = ModelMode::kTrain;
+  // Residual stream (B, T, C) each: training modes L + 1 entries; forward-only modes two per
+  // lane, used in turn (entry i of lane k is resid_[2k + i % 2]).
+  std::vector<Tensor> resid_;
+  std::vector<BlockActs> acts_;       // kTrain: L; other modes: 1, shared by every block
   Tensor lnf_, lnf_mean_, lnf_rstd_;  // (B, T, C), (B, T), (B, T)
   Tensor logits_;                     // (B, T, Vp), reused for dlogits
-  Tensor losses_, lse_;               // (B, T)
-  // Backward scratch shared by all blocks.
+  Tensor lse_;                        // (B, T)
+  std::vector<Tensor> losses_;        // (B, T) per lane
+  std::vector<int> valid_targets_;    // per lane
+  // Backward scratch shared by all blocks (training modes only).
   Tensor dres_[2];  // (B, T, C) residual-stream gradient, ping-pong
   Tensor dbuf_;     // (B, T, C)
   Tensor dqkv_;     // (B, T, 3C)
   Tensor dfch_;     // (B, T, 4C)
   int cur_dres_ = 0;
-  int valid_targets_ = 0;
-  float mean_loss_ = 0.0f;
 };
 
 }  // namespace memtrain::core

@@ -20,10 +20,14 @@ GPT2Config Tiny() {
 
 class RecordingHooks : public StageHooks {
  public:
-  void BeforeForward(int s, ParamBlock& b) override { log.push_back(absl::StrCat("F", s)); }
-  void AfterBackward(int s, ParamBlock& b) override {
-    log.push_back(absl::StrCat("B", s));
-    grad_norm_seen.push_back(b.grads().f32()[0]);
+  absl::Status BeforeForward(const StageEvent& e) override {
+    log.push_back(absl::StrCat("F", e.stage));
+    return absl::OkStatus();
+  }
+  absl::Status AfterBackward(const StageEvent& e) override {
+    log.push_back(absl::StrCat("B", e.stage));
+    grad_norm_seen.push_back(e.block->grads().f32()[0]);
+    return absl::OkStatus();
   }
   std::vector<std::string> log;
   std::vector<float> grad_norm_seen;
@@ -55,7 +59,7 @@ TEST(EngineTest, RunsStagesInOrderAndBackwardInReverseWithHooks) {
   engine.AddHooks(&hooks);
   ASSERT_TRUE(engine.Forward(f.batch).ok());
   engine.ZeroGrad();
-  engine.Backward(f.batch);
+  ASSERT_TRUE(engine.Backward(f.batch).ok());
   EXPECT_EQ(hooks.log,
             (std::vector<std::string>{"F0", "F1", "F2", "F3", "F4", "B4", "B3", "B2", "B1", "B0"}));
   EXPECT_EQ(f.model->extra_blocks(4), std::vector<int>{0});  // the head reads the tied wte
@@ -66,7 +70,7 @@ TEST(EngineTest, GradientsAccumulateAndScale) {
   Engine engine(f.model.get());
   ASSERT_TRUE(engine.Forward(f.batch).ok());
   engine.ZeroGrad();
-  engine.Backward(f.batch);
+  ASSERT_TRUE(engine.Backward(f.batch).ok());
   std::vector<std::vector<float>> g1;
   for (int s = 0; s < f.model->num_stages(); ++s) {
     const Tensor& g = f.model->block(s).grads();
@@ -74,7 +78,7 @@ TEST(EngineTest, GradientsAccumulateAndScale) {
   }
   // Backward again without zeroing, with loss_scale 0.5: grads become 1.5x.
   ASSERT_TRUE(engine.Forward(f.batch).ok());
-  engine.Backward(f.batch, 0.5f);
+  ASSERT_TRUE(engine.Backward(f.batch, 0.5f).ok());
   for (int s = 0; s < f.model->num_stages(); ++s) {
     const Tensor& g = f.model->block(s).grads();
     for (int64_t i = 0; i < g.numel(); ++i) {
@@ -90,39 +94,53 @@ TEST(EngineTest, BadBatchIsRejectedBeforeAnyStageRuns) {
   RecordingHooks hooks;
   engine.AddHooks(&hooks);
   f.in[5] = 40;  // == vocab_size
-  auto r = engine.Forward(f.batch);
-  EXPECT_EQ(r.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(engine.Forward(f.batch).code(), absl::StatusCode::kInvalidArgument);
   EXPECT_TRUE(hooks.log.empty());
   Batch wrong = f.batch;
   wrong.T = 4;
-  EXPECT_EQ(engine.Forward(wrong).status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(engine.Forward(wrong).code(), absl::StatusCode::kInvalidArgument);
 }
 
 // A wrapper in the place Ulysses takes: it sees every block's attention call, forward and back.
 class CountingAttention : public LocalAttention {
  public:
-  void Forward(float* out, float* lse, const float* qkv, int64_t B, int64_t T, int64_t C,
-               int64_t NH) override {
-    ++forwards;
-    LocalAttention::Forward(out, lse, qkv, B, T, C, NH);
+  absl::Status Prepare(const AttentionShape& shape) override {
+    prepared = shape;
+    return absl::OkStatus();
   }
-  void Backward(float* dqkv, const float* dout, const float* qkv, const float* out,
-                const float* lse, int64_t B, int64_t T, int64_t C, int64_t NH) override {
-    ++backwards;
-    LocalAttention::Backward(dqkv, dout, qkv, out, lse, B, T, C, NH);
+  absl::Status Forward(const AttentionCall& c, float* out, float* lse, const float* qkv) override {
+    layers_forward.push_back(c.layer);
+    return LocalAttention::Forward(c, out, lse, qkv);
   }
-  int forwards = 0, backwards = 0;
+  absl::Status Backward(const AttentionCall& c, float* dqkv, const float* dout, const float* qkv,
+                        const float* out, const float* lse) override {
+    layers_backward.push_back(c.layer);
+    if (fail_backward) return absl::UnavailableError("exchange failed");
+    return LocalAttention::Backward(c, dqkv, dout, qkv, out, lse);
+  }
+  AttentionShape prepared;
+  std::vector<int> layers_forward, layers_backward;
+  bool fail_backward = false;
 };
 
 TEST(EngineTest, AttentionIsReachedThroughTheInterface) {
   Fixture f = Make(2, 8);
   CountingAttention counting;
   f.model->set_attention(&counting);
+  ASSERT_TRUE(f.model->Prepare({.B = 2, .T = 8, .mode = ModelMode::kTrainRecompute}).ok());
+  EXPECT_EQ(counting.prepared.T, 8);
+  EXPECT_EQ(counting.prepared.NH, 2);
+  EXPECT_EQ(counting.prepared.n_layer, 3);
+  EXPECT_EQ(counting.prepared.mode, ModelMode::kTrainRecompute);
   Engine engine(f.model.get());
   ASSERT_TRUE(engine.Forward(f.batch).ok());
-  engine.Backward(f.batch);
-  EXPECT_EQ(counting.forwards, 3);
-  EXPECT_EQ(counting.backwards, 3);
+  ASSERT_TRUE(engine.Backward(f.batch).ok());
+  EXPECT_EQ(counting.layers_forward, (std::vector<int>{0, 1, 2, 2, 1, 0}));  // + recompute
+  EXPECT_EQ(counting.layers_backward, (std::vector<int>{2, 1, 0}));
+  // An attention error stops the backward with its status.
+  counting.fail_backward = true;
+  ASSERT_TRUE(engine.Forward(f.batch).ok());
+  EXPECT_EQ(engine.Backward(f.batch).code(), absl::StatusCode::kUnavailable);
 }
 
 TEST(GPT2InitTest, DeterministicWithGPT2Scales) {

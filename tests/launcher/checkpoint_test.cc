@@ -43,7 +43,7 @@ Trained MakeTrained() {
   for (int s = 0; s < 3; ++s) {
     EXPECT_TRUE(engine.Forward({in.data(), tg.data(), 2, 8}).ok());
     engine.ZeroGrad();
-    engine.Backward({in.data(), tg.data(), 2, 8});
+    EXPECT_TRUE(engine.Backward({in.data(), tg.data(), 2, 8}).ok());
     t.opt->Step(1e-2f);
   }
   return t;

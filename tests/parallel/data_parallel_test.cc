@@ -75,9 +75,10 @@ RunResult Train(Communicator* comm, const core::TokenFile& tokens, int b, int ac
     double loss = 0;
     for (int micro = 0; micro < accum; ++micro) {
       loader.Next(in.data(), tg.data());
-      loss += engine.Forward(batch).value();
+      EXPECT_TRUE(engine.Forward(batch).ok());
+      loss += engine.Loss();
       ddp.set_sync(micro == accum - 1);
-      engine.Backward(batch, 1.0f / (comm->size() * accum));
+      EXPECT_TRUE(engine.Backward(batch, 1.0f / (comm->size() * accum)).ok());
     }
     EXPECT_TRUE(ddp.Wait().ok());
     loss /= accum;
@@ -141,6 +142,70 @@ TEST_P(DataParallelTest, MatchesOneProcessWithTheCombinedBatch) {
 
 INSTANTIATE_TEST_SUITE_P(Optimizers, DataParallelTest,
                          ::testing::Values(Opt::kAdamW, Opt::kLionClipped));
+
+// A user hook that changes one block's gradients, added AFTER the data-parallel hooks. Before
+// hook roles it ran while the block's all-reduce was in flight and the ranks' weights diverged.
+// Now: declared kGradients it runs before the reduction (so even a factor that differs between
+// ranks, as a per-rank statistic would, gives one reduced gradient); left at the default role it
+// runs once the reduction is done, on the same reduced gradient on every rank.
+class ScaleOneBlock : public core::StageHooks {
+ public:
+  ScaleOneBlock(core::HookRole role, float factor) : role_(role), factor_(factor) {}
+  core::HookRole role() const override { return role_; }
+  absl::Status AfterBackward(const core::StageEvent& e) override {
+    if (e.stage != 1) return absl::OkStatus();
+    float* g = e.block->grads().f32();
+    // Slow on purpose: a long read-modify-write over the gradient while a collective could be
+    // reading and writing it.
+    for (int rep = 0; rep < 20; ++rep) {
+      for (int64_t i = 0; i < e.block->numel(); ++i) g[i] *= rep == 0 ? factor_ : 1.0f;
+    }
+    return absl::OkStatus();
+  }
+
+ private:
+  core::HookRole role_;
+  float factor_;
+};
+
+TEST(DataParallelHooksTest, HookOrderCannotBreakDataParallelism) {
+  const int W = g_world->size();
+  if (W < 2) GTEST_SKIP() << "needs 2 or more ranks";
+  for (core::HookRole role : {core::HookRole::kGradients, core::HookRole::kReducedGradients}) {
+    auto model = core::GPT2::Create(Config()).value();
+    model->InitWeights(5);
+    ASSERT_TRUE(model->Prepare(B, T).ok());
+    auto opt = optim::AdamW::Create(model.get(), {.weight_decay = 0.1f}).value();
+    core::Engine engine(model.get());
+    DataParallelHooks ddp(g_world);
+    const float factor =
+        role == core::HookRole::kGradients ? 1.0f + 0.5f * g_world->rank() : 0.5f;
+    ScaleOneBlock scale(role, factor);
+    engine.AddHooks(&ddp);
+    engine.AddHooks(&scale);  // the order that used to race
+    std::vector<int32_t> in(B * T), tg(B * T);
+    for (int step = 0; step < 5; ++step) {
+      for (int i = 0; i < B * T; ++i) {
+        in[i] = (i * 3 + step + 7 * g_world->rank()) % 64;
+        tg[i] = (i * 5 + step) % 64;
+      }
+      core::Batch batch{in.data(), tg.data(), B, T};
+      ASSERT_TRUE(engine.Forward(batch).ok());
+      engine.ZeroGrad();
+      ASSERT_TRUE(engine.Backward(batch, 1.0f / W).ok());
+      ASSERT_TRUE(ddp.Wait().ok());
+      opt->Step(1e-3f);
+    }
+    // Every rank holds exactly rank 0's weights.
+    for (int s = 0; s < model->num_stages(); ++s) {
+      const core::Tensor& p = model->block(s).params();
+      std::vector<float> mine(p.f32(), p.f32() + p.numel()), root = mine;
+      ASSERT_TRUE(g_world->Broadcast(root.data(), root.size(), core::DType::kF32, 0).Wait().ok());
+      ASSERT_EQ(mine, root) << "stage " << s << " differs from rank 0 with role "
+                            << static_cast<int>(role);
+    }
+  }
+}
 
 }  // namespace
 }  // namespace memtrain::parallel

@@ -1,0 +1,99 @@
+// The backprop strategy: per step, `grad_accum` micro-batches of forward + backward, each block's
+// gradient all-reduced over the data x sequence group as soon as its backward is done (the last
+// micro-batch only), the loss averaged over the data ranks, the global gradient norm (for
+// clipping and the metrics), and one optimizer step.
+#include <chrono>
+#include <cmath>
+#include <memory>
+#include <vector>
+
+#include "absl/strings/str_format.h"
+#include "launcher/loop.h"
+#include "parallel/data_parallel.h"
+
+namespace memtrain::launcher {
+namespace {
+
+using Clock = std::chrono::steady_clock;
+
+class BackpropStrategy : public LoopStrategy {
+ public:
+  explicit BackpropStrategy(const Job& job) : job_(job) {}
+
+  core::ModelMode mode() const override {
+    return job_.train().recompute() ? core::ModelMode::kTrainRecompute : core::ModelMode::kTrain;
+  }
+
+  absl::Status Start(LoopContext& ctx) override {
+    ctx_ = &ctx;
+    const Train& t = job_.train();
+    B_ = t.batch_size();
+    T_ = t.seq_len();
+    accum_ = t.grad_accum();
+    D_ = ctx.grid.data().size();
+    ddp_ = std::make_unique<parallel::DataParallelHooks>(&ctx.grid.data_sequence());
+    ctx.engine.AddHooks(ddp_.get());
+    inputs_.resize(static_cast<size_t>(B_) * T_);
+    targets_.resize(inputs_.size());
+    return absl::OkStatus();
+  }
+
+  absl::StatusOr<StepResult> Step(int64_t step, float lr, bool log) override {
+    Setup& s = ctx_->setup;
+    core::Engine& engine = ctx_->engine;
+    const core::Batch batch{inputs_.data(), targets_.data(), B_, T_};
+    engine.ZeroGrad();
+    double loss = 0.0;
+    for (int micro = 0; micro < accum_; ++micro) {
+      s.train->Next(inputs_.data(), targets_.data());
+      MT_RETURN_IF_ERROR(engine.Forward(batch));
+      loss += engine.Loss();
+      ddp_->set_sync(micro == accum_ - 1);
+      MT_RETURN_IF_ERROR(engine.Backward(batch, 1.0f / (static_cast<float>(D_) * accum_)));
+    }
+    const auto t_wait = Clock::now();
+    MT_RETURN_IF_ERROR(ddp_->Wait());
+    const double wait_ms = 1e3 * std::chrono::duration<double>(Clock::now() - t_wait).count();
+    loss /= accum_;
+    MT_RETURN_IF_ERROR(ctx_->grid.data()
+                           .AllReduce(&loss, 1, core::DType::kF64, parallel::ReduceOp::kSum)
+                           .Wait());
+    loss /= D_;
+    if (!std::isfinite(loss)) {
+      // Every rank sees the same all-reduced loss, so all stop here together.
+      return absl::InternalError(absl::StrFormat(
+          "the training loss is %f at step %d; lower the learning rate, add warm-up or set "
+          "optimizer.clip_grad_norm (the last checkpoint, if any, is intact)",
+          loss, step + 1));
+    }
+    // The gradients are all-reduced: every rank computes the same global norm.
+    const float clip = job_.optimizer().clip_grad_norm();
+    const double grad_norm = (clip > 0 || log) ? optim::GlobalGradNorm(*s.model) : 0.0;
+    s.opt->Step(lr, optim::ClipScale(grad_norm, clip));
+    s.state.batches_consumed = s.train->batches_consumed();
+    StepResult r;
+    r.loss = loss;
+    r.json_fields = absl::StrFormat(R"(, "comm_wait_ms": %.3f, "grad_norm": %.6g)", wait_ms,
+                                    grad_norm);
+    return r;
+  }
+
+  int64_t tokens_per_step() const override {
+    return static_cast<int64_t>(B_) * T_ * accum_ * D_;
+  }
+
+ private:
+  const Job& job_;
+  LoopContext* ctx_ = nullptr;
+  int B_ = 0, T_ = 0, accum_ = 1, D_ = 1;
+  std::unique_ptr<parallel::DataParallelHooks> ddp_;
+  std::vector<int32_t> inputs_, targets_;
+};
+
+}  // namespace
+
+std::unique_ptr<LoopStrategy> MakeBackpropStrategy(const Job& job) {
+  return std::make_unique<BackpropStrategy>(job);
+}
+
+}  // namespace memtrain::launcher

@@ -1,0 +1,87 @@
+// The pieces every training loop shares, and the strategy interface that makes one loop serve
+// backprop (with data parallelism), zeroth-order steps and federated rounds. RunTraining (train.cc)
+// owns the common part: the process grid, setup agreed over all ranks, the reporter, the progress
+// line, validation, checkpoints and stopping. A strategy owns what one step means:
+//
+//   backprop_step.cc   forward + backward + gradient all-reduce + optimizer step
+//   (zeroth-order steps and federated rounds plug in as further strategies)
+//
+//   class MyStep : public LoopStrategy { ... };
+//   absl::StatusOr<StepResult> r = strategy->Step(step, lr);
+#ifndef MEMTRAIN_LAUNCHER_LOOP_H_
+#define MEMTRAIN_LAUNCHER_LOOP_H_
+
+#include <cstdint>
+#include <memory>
+#include <optional>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "core/data_loader.h"
+#include "core/engine.h"
+#include "core/llmc.h"
+#include "core/model/gpt2.h"
+#include "launcher/checkpoint.h"
+#include "launcher/job.pb.h"
+#include "launcher/reporter.h"
+#include "launcher/train.h"
+#include "optim/optimizer.h"
+#include "parallel/process_grid.h"
+
+namespace memtrain::launcher {
+
+// Everything a rank builds before the first collective of the loop.
+struct Setup {
+  std::unique_ptr<core::GPT2> model;
+  std::optional<core::TokenFile> train_tokens, val_tokens;
+  std::optional<core::DataLoader> train, val;
+  std::unique_ptr<optim::Optimizer> opt;
+  TrainState state;
+};
+
+// Builds the model (fresh, from init_from, or from the latest checkpoint with --resume), the
+// data loaders of this data rank, and the optimizer. Local: no collectives.
+absl::Status BuildSetup(const Job& job, const TrainOptions& options, int data_rank,
+                        int data_size, core::ModelMode mode, Setup* s);
+
+// The optimizer's peak learning rate from the job spec (the schedule scales it).
+float PeakLr(const Optimizer& spec);
+
+// What a strategy reports for one step.
+struct StepResult {
+  double loss = 0.0;  // the same on every rank
+  // Extra fields of the step's metrics line, each starting with ", " (e.g. `, "grad_norm": 1.2`).
+  std::string json_fields;
+};
+
+// What a strategy may use; owned by RunTraining.
+struct LoopContext {
+  const Job& job;
+  const TrainOptions& options;
+  parallel::ProcessGrid& grid;
+  Setup& setup;
+  core::Engine& engine;
+};
+
+class LoopStrategy {
+ public:
+  virtual ~LoopStrategy() = default;
+  // The model mode this strategy prepares (forward-only lanes for ZO, recompute, ...).
+  virtual core::ModelMode mode() const = 0;
+  // Called once, after setup: install hooks, check what the job asks of this strategy.
+  virtual absl::Status Start(LoopContext& ctx) = 0;
+  // One optimizer step at learning rate `lr`; `log` says rank 0 will log this step (a strategy
+  // may skip work only needed for logging otherwise). Errors must be the same on every rank.
+  virtual absl::StatusOr<StepResult> Step(int64_t step, float lr, bool log) = 0;
+  // Tokens consumed per step over all ranks (for tokens/s).
+  virtual int64_t tokens_per_step() const = 0;
+};
+
+// Backprop with data parallelism (over the data x sequence group) and gradient accumulation.
+std::unique_ptr<LoopStrategy> MakeBackpropStrategy(const Job& job);
+
+}  // namespace memtrain::launcher
+
+#endif  // MEMTRAIN_LAUNCHER_LOOP_H_

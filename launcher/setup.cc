@@ -1,0 +1,135 @@
+#include "launcher/loop.h"
+
+#include <optional>
+#include <string>
+
+#include "absl/strings/str_format.h"
+#include "launcher/spec.h"
+#include "optim/adamw.h"
+#include "optim/lion.h"
+#include "optim/sgd.h"
+
+namespace memtrain::launcher {
+namespace {
+
+absl::StatusOr<std::unique_ptr<optim::Optimizer>> MakeOptimizer(const Optimizer& spec,
+                                                                core::Model* model) {
+  optim::DecayPolicy decay{.decay_1d = spec.decay_1d(),
+                           .no_decay = {spec.no_decay().begin(), spec.no_decay().end()}};
+  if (spec.has_lion()) {
+    const Lion& l = spec.lion();
+    return optim::Lion::Create(model,
+                               {.lr = l.lr(),
+                                .beta1 = l.beta1(),
+                                .beta2 = l.beta2(),
+                                .weight_decay = l.weight_decay(),
+                                .direction = l.k() == Lion::TANH ? core::cpu::LionDirection::kTanh
+                                                                 : core::cpu::LionDirection::kSign,
+                                .tau = l.tau()},
+                               l.momentum_dtype() == Lion::BF16, decay);
+  }
+  if (spec.has_sgd()) {
+    const Sgd& g = spec.sgd();
+    return optim::Sgd::Create(model,
+                              {.lr = g.lr(),
+                               .momentum = g.momentum(),
+                               .dampening = g.dampening(),
+                               .weight_decay = g.weight_decay(),
+                               .nesterov = g.nesterov()},
+                              decay);
+  }
+  const AdamW& a = spec.adamw();
+  return optim::AdamW::Create(
+      model,
+      {.lr = a.lr(),
+       .beta1 = a.beta1(),
+       .beta2 = a.beta2(),
+       .eps = a.eps(),
+       .weight_decay = a.weight_decay(),
+       .variant = a.variant() == AdamW::LLMC ? core::cpu::AdamWVariant::kLlmc
+                                             : core::cpu::AdamWVariant::kPyTorch},
+      decay);
+}
+
+
+absl::Status CheckSameModel(const core::GPT2Config& want, const core::GPT2Config& got,
+                            const std::string& from) {
+  auto check = [&](const char* field, int a, int b) -> absl::Status {
+    if (a == b) return absl::OkStatus();
+    return absl::InvalidArgumentError(absl::StrFormat(
+        "model.gpt.%s = %d but %s has %d; resume with the job that wrote the checkpoint", field, a,
+        from, b));
+  };
+  MT_RETURN_IF_ERROR(check("n_layer", want.n_layer, got.n_layer));
+  MT_RETURN_IF_ERROR(check("n_head", want.n_head, got.n_head));
+  MT_RETURN_IF_ERROR(check("n_embd", want.n_embd, got.n_embd));
+  MT_RETURN_IF_ERROR(check("vocab_size", want.vocab_size, got.vocab_size));
+  MT_RETURN_IF_ERROR(check("max_seq_len", want.max_seq_len, got.max_seq_len));
+  return absl::OkStatus();
+}
+
+}  // namespace
+
+float PeakLr(const Optimizer& spec) {
+  if (spec.has_lion()) return spec.lion().lr();
+  if (spec.has_sgd()) return spec.sgd().lr();
+  return spec.adamw().lr();
+}
+
+absl::Status BuildSetup(const Job& job, const TrainOptions& options, int data_rank, int data_size,
+                        core::ModelMode mode, Setup* s) {
+  const Train& t = job.train();
+  std::optional<LoadedCheckpoint> ckpt;
+  if (options.resume) {
+    if (job.checkpoint().dir().empty()) {
+      return absl::InvalidArgumentError(
+          "--resume needs checkpoint.dir: the folder the interrupted run saved into");
+    }
+    MT_ASSIGN_OR_RETURN(std::string folder, LatestCheckpoint(job.checkpoint().dir()));
+    MT_ASSIGN_OR_RETURN(ckpt, LoadCheckpoint(folder));
+    if (job.model().has_gpt()) {
+      core::GPT2Config want = ToGPT2Config(job.model().gpt());
+      MT_RETURN_IF_ERROR(want.Validate());
+      MT_RETURN_IF_ERROR(CheckSameModel(want, ckpt->model->config(), folder));
+    }
+    s->model = std::move(ckpt->model);
+    s->state = ckpt->state;
+    if (s->state.step >= t.steps()) {
+      return absl::InvalidArgumentError(absl::StrFormat(
+          "train.steps = %d but checkpoint %s is already at step %d; raise train.steps to train "
+          "further",
+          t.steps(), folder, s->state.step));
+    }
+  } else if (!job.model().init_from().empty()) {
+    MT_ASSIGN_OR_RETURN(s->model, LoadModel(job.model().init_from()));
+  } else {
+    MT_ASSIGN_OR_RETURN(s->model, core::GPT2::Create(ToGPT2Config(job.model().gpt())));
+    s->model->InitWeights(job.model().init_seed());
+  }
+  MT_RETURN_IF_ERROR(s->model->Prepare({.B = t.batch_size(), .T = t.seq_len(), .mode = mode}));
+  const int vocab = s->model->config().vocab_size;
+
+  MT_ASSIGN_OR_RETURN(s->train_tokens, core::TokenFile::Open(job.data().train_tokens()));
+  MT_RETURN_IF_ERROR(s->train_tokens->CheckVocab(vocab));
+  std::optional<uint64_t> shuffle;
+  if (job.data().shuffle()) shuffle = job.data().seed();
+  MT_ASSIGN_OR_RETURN(
+      s->train, core::DataLoader::Create(&*s->train_tokens, t.batch_size(), t.seq_len(), data_rank,
+                                         data_size, shuffle));
+  if (!job.data().val_tokens().empty()) {
+    MT_ASSIGN_OR_RETURN(s->val_tokens, core::TokenFile::Open(job.data().val_tokens()));
+    MT_RETURN_IF_ERROR(s->val_tokens->CheckVocab(vocab));
+    MT_ASSIGN_OR_RETURN(s->val, core::DataLoader::Create(&*s->val_tokens, t.batch_size(),
+                                                         t.seq_len(), data_rank, data_size));
+  }
+  s->train->Seek(s->state.batches_consumed);
+
+  MT_ASSIGN_OR_RETURN(s->opt, MakeOptimizer(job.optimizer(), s->model.get()));
+  if (ckpt) {
+    MT_RETURN_IF_ERROR(RestoreOptimizer(*ckpt, *s->model, s->opt.get()));
+  }
+  s->state.job_text = JobToText(job);
+  return absl::OkStatus();
+}
+
+}  // namespace memtrain::launcher
