@@ -53,13 +53,15 @@ struct Result {
   double gflops;
 };
 
+core::ModelMode g_mode = core::ModelMode::kTrain;
+
 Result Run(const char* label, core::GPT2Config cfg, int B, int T, int steps) {
   core::ResetPeakMemory(core::Device::Cpu());
   const int64_t base = core::GetMemoryStats(core::Device::Cpu()).current;
   auto model = core::GPT2::Create(cfg).value();
   cfg = model->config();  // with the padded vocabulary filled in
   model->InitWeights(1);
-  MT_CHECK_OK(model->Prepare(B, T));
+  MT_CHECK_OK(model->Prepare({.B = B, .T = T, .mode = g_mode}));
   auto opt = optim::AdamW::Create(model.get(), {.weight_decay = 0.1f}).value();
   std::vector<int32_t> in(B * T), tg(B * T);
   for (int i = 0; i < B * T; ++i) {
@@ -93,8 +95,9 @@ Result Run(const char* label, core::GPT2Config cfg, int B, int T, int steps) {
   const double gflops = flops / t / 1e9;
   core::MemoryStats m = core::GetMemoryStats(core::Device::Cpu());
   auto mib = [&](core::MemoryTag tag) { return m.peak_by_tag[int(tag)] / 1048576.0; };
-  std::printf("\n== %s: %s, %lld params, B=%d T=%d, median of %d steps\n", label,
-              cfg.ToString().c_str(), static_cast<long long>(model->num_parameters()), B, T, steps);
+  std::printf("\n== %s: %s, %lld params, B=%d T=%d, %s, median of %d steps\n", label,
+              cfg.ToString().c_str(), static_cast<long long>(model->num_parameters()), B, T,
+              core::ModelModeName(g_mode), steps);
   std::printf("step %.1f ms (forward %.1f, backward %.1f, AdamW %.1f)  %.0f tokens/s\n", 1e3 * t,
               1e3 * Median(fwd), 1e3 * Median(bwd), 1e3 * Median(upd), N / t);
   std::printf("%.1f GFLOP/step, %.1f GFLOP/s\n", flops / 1e9, gflops);
@@ -113,6 +116,9 @@ int main(int argc, char** argv) {
   for (int i = 1; i + 1 < argc; i += 2) {
     if (std::strcmp(argv[i], "--shape") == 0) shape = argv[i + 1];
     if (std::strcmp(argv[i], "--steps") == 0) steps = std::atoi(argv[i + 1]);
+    if (std::strcmp(argv[i], "--recompute") == 0 && std::atoi(argv[i + 1]) != 0) {
+      g_mode = core::ModelMode::kTrainRecompute;
+    }
   }
   const int threads = core::InitThreads();
   // The machine may be shared and its speed drift: measure the sgemm peak before and after the
