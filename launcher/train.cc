@@ -14,11 +14,11 @@
 
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_format.h"
+#include "checkpoint/checkpoint.h"
 #include "core/data_loader.h"
 #include "core/llmc.h"
 #include "core/threads.h"
 #include "launcher/agree.h"
-#include "launcher/checkpoint.h"
 #include "launcher/spec.h"
 #include "optim/adamw.h"
 #include "optim/lion.h"
@@ -28,6 +28,15 @@
 #include "parallel/process_grid.h"
 
 namespace memtrain::launcher {
+
+using checkpoint::LatestCheckpoint;
+using checkpoint::LoadCheckpoint;
+using checkpoint::LoadedCheckpoint;
+using checkpoint::LoadModel;
+using checkpoint::RestoreOptimizer;
+using checkpoint::SaveCheckpoint;
+using checkpoint::TrainState;
+
 namespace {
 
 using Clock = std::chrono::steady_clock;
