@@ -19,11 +19,11 @@
 #include <vector>
 
 #include "absl/status/statusor.h"
+#include "checkpoint/checkpoint.h"
 #include "core/data_loader.h"
 #include "core/engine.h"
 #include "core/llmc.h"
 #include "core/model/gpt2.h"
-#include "launcher/checkpoint.h"
 #include "launcher/job.pb.h"
 #include "launcher/reporter.h"
 #include "launcher/train.h"
@@ -31,6 +31,14 @@
 #include "parallel/process_grid.h"
 
 namespace memtrain::launcher {
+
+using checkpoint::LatestCheckpoint;
+using checkpoint::LoadCheckpoint;
+using checkpoint::LoadedCheckpoint;
+using checkpoint::LoadModel;
+using checkpoint::RestoreOptimizer;
+using checkpoint::SaveCheckpoint;
+using checkpoint::TrainState;
 
 // Everything a rank builds before the first collective of the loop.
 struct Setup {

@@ -6,6 +6,7 @@
 #include <string>
 
 #include "absl/strings/str_format.h"
+#include "checkpoint/checkpoint.h"
 #include "core/evaluate.h"
 #include "core/threads.h"
 #include "launcher/agree.h"
@@ -13,6 +14,7 @@
 #include "optim/schedule.h"
 
 namespace memtrain::launcher {
+
 namespace {
 using Clock = std::chrono::steady_clock;
 }  // namespace

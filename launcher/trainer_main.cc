@@ -15,16 +15,19 @@
 
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_format.h"
+#include "checkpoint/checkpoint.h"
 #include "core/llmc.h"
 #include "core/threads.h"
 #include "launcher/agree.h"
-#include "launcher/checkpoint.h"
 #include "launcher/sample.h"
 #include "launcher/spec.h"
 #include "launcher/train.h"
 #include "parallel/communicator.h"
 
 namespace memtrain::launcher {
+
+using checkpoint::LoadModel;
+
 namespace {
 
 constexpr char kUsage[] = R"(usage:

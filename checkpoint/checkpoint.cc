@@ -1,4 +1,4 @@
-#include "launcher/checkpoint.h"
+#include "checkpoint/checkpoint.h"
 
 #include <dirent.h>
 #include <fcntl.h>
@@ -17,7 +17,7 @@
 #include "core/llmc.h"
 #include "nlohmann/json.hpp"
 
-namespace memtrain::launcher {
+namespace memtrain::checkpoint {
 namespace {
 
 namespace fs = std::filesystem;
@@ -243,4 +243,4 @@ absl::StatusOr<std::unique_ptr<core::GPT2>> LoadModel(const std::string& path) {
   return core::LoadLlmcCheckpoint(path);
 }
 
-}  // namespace memtrain::launcher
+}  // namespace memtrain::checkpoint

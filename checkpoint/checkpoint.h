@@ -10,8 +10,10 @@
 // The folder is assembled under a temporary name, every file fsynced, then renamed: a kill at any
 // moment leaves the previous checkpoint intact and `latest` pointing at a complete one. Loading
 // checks sizes and checksums first and refuses a damaged checkpoint with DataLoss.
-#ifndef MEMTRAIN_LAUNCHER_CHECKPOINT_H_
-#define MEMTRAIN_LAUNCHER_CHECKPOINT_H_
+//
+// A library of its own (memtrain::checkpoint): it needs core and optim only, no protobuf, no MPI.
+#ifndef MEMTRAIN_CHECKPOINT_CHECKPOINT_H_
+#define MEMTRAIN_CHECKPOINT_CHECKPOINT_H_
 
 #include <memory>
 #include <optional>
@@ -22,7 +24,7 @@
 #include "core/safetensors.h"
 #include "optim/optimizer.h"
 
-namespace memtrain::launcher {
+namespace memtrain::checkpoint {
 
 struct TrainState {
   int64_t step = 0;              // optimizer steps completed
@@ -54,6 +56,6 @@ absl::Status RestoreOptimizer(const LoadedCheckpoint& ckpt, core::GPT2& model,
 // A model from an llm.c file or a memtrain checkpoint folder (weights only).
 absl::StatusOr<std::unique_ptr<core::GPT2>> LoadModel(const std::string& path);
 
-}  // namespace memtrain::launcher
+}  // namespace memtrain::checkpoint
 
-#endif  // MEMTRAIN_LAUNCHER_CHECKPOINT_H_
+#endif  // MEMTRAIN_CHECKPOINT_CHECKPOINT_H_

@@ -1,5 +1,5 @@
 // Checkpoints round-trip exactly, keep the newest N, and refuse damaged files with DataLoss.
-#include "launcher/checkpoint.h"
+#include "checkpoint/checkpoint.h"
 
 #include <gtest/gtest.h>
 #include <unistd.h>
@@ -13,7 +13,7 @@
 #include "optim/lion.h"
 #include "zlib.h"
 
-namespace memtrain::launcher {
+namespace memtrain::checkpoint {
 namespace {
 
 namespace fs = std::filesystem;
@@ -181,4 +181,4 @@ TEST(SafetensorsTest, RoundTripAndBadHeaders) {
 }
 
 }  // namespace
-}  // namespace memtrain::launcher
+}  // namespace memtrain::checkpoint
