@@ -42,10 +42,10 @@ struct Data {
 
 // Forward, backward and one AdamW step; the loss of the forward.
 absl::StatusOr<float> TrainStep(core::Engine& engine, optim::Optimizer& opt, const Data& d) {
-  absl::StatusOr<float> loss = engine.Forward(d.batch());
-  if (!loss.ok()) return loss;
+  MT_RETURN_IF_ERROR(engine.Forward(d.batch()));
+  const float loss = engine.Loss();
   engine.ZeroGrad();
-  engine.Backward(d.batch());
+  MT_RETURN_IF_ERROR(engine.Backward(d.batch()));
   opt.Step(/*lr=*/1e-2f);
   return loss;
 }
