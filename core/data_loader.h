@@ -16,7 +16,7 @@
 #include <vector>
 
 #include "absl/status/statusor.h"
-#include "core/llmc.h"
+#include "core/token_file.h"
 
 namespace memtrain::core {
 

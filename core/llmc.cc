@@ -5,60 +5,16 @@
 
 #include "absl/strings/str_format.h"
 #include "core/file_util.h"
+#include "core/llmc_file.h"
 
 namespace memtrain::core {
 namespace {
-
-constexpr int kHeaderInts = 256;
-constexpr int64_t kHeaderBytes = kHeaderInts * sizeof(int32_t);
-
-struct FileCloser {
-  void operator()(std::FILE* f) const {
-    if (f) std::fclose(f);
-  }
-};
-using File = std::unique_ptr<std::FILE, FileCloser>;
-
-absl::StatusOr<File> OpenForRead(const std::string& path) {
-  File f(std::fopen(path.c_str(), "rb"));
-  if (!f) {
-    return absl::NotFoundError(
-        absl::StrFormat("cannot open %s: %s; check the path", path, std::strerror(errno)));
-  }
-  return f;
-}
 
 int64_t LlmcNumParams(const GPT2Config& c) {
   const int64_t C = c.n_embd, L = c.n_layer;
   return int64_t{c.padded_vocab_size} * C + int64_t{c.max_seq_len} * C +
          L * (C + C + 3 * C * C + 3 * C + C * C + C + C + C + 4 * C * C + 4 * C + 4 * C * C + C) +
          C + C;
-}
-
-// An open llm.c file with its 256-int header read and its magic number checked.
-struct HeaderedFile {
-  File file;
-  int32_t header[kHeaderInts];
-  int64_t size;
-};
-
-absl::StatusOr<HeaderedFile> OpenLlmcFile(const std::string& path, int32_t magic,
-                                          const char* kind) {
-  HeaderedFile hf;
-  MT_ASSIGN_OR_RETURN(hf.size, FileSize(path));
-  if (hf.size < kHeaderBytes) {
-    return absl::DataLossError(
-        absl::StrFormat("%s: %d bytes is too small for an llm.c %s (the header alone is %d bytes)",
-                        path, hf.size, kind, kHeaderBytes));
-  }
-  MT_ASSIGN_OR_RETURN(hf.file, OpenForRead(path));
-  MT_RETURN_IF_ERROR(ReadAll(hf.file.get(), hf.header, sizeof(hf.header), path));
-  if (hf.header[0] != magic) {
-    return absl::DataLossError(
-        absl::StrFormat("%s: bad magic number: expected %d (llm.c %s), found %d; is this a %s?",
-                        path, magic, kind, hf.header[0], kind));
-  }
-  return hf;
 }
 
 }  // namespace
@@ -89,7 +45,7 @@ std::vector<LlmcTensor> LlmcTensors(GPT2& model, bool grads) {
 }
 
 absl::StatusOr<GPT2Config> ReadLlmcHeader(const std::string& path) {
-  MT_ASSIGN_OR_RETURN(HeaderedFile hf, OpenLlmcFile(path, kLlmcCheckpointMagic, "checkpoint"));
+  MT_ASSIGN_OR_RETURN(LlmcFile hf, OpenLlmcFile(path, kLlmcCheckpointMagic, "checkpoint"));
   const int32_t* h = hf.header;
   const int64_t size = hf.size;
   if (h[1] != kLlmcCheckpointVersionF32) {
@@ -114,7 +70,7 @@ absl::StatusOr<GPT2Config> ReadLlmcHeader(const std::string& path) {
     return absl::DataLossError(
         absl::StrFormat("%s: inconsistent header: %s", path, valid.message()));
   }
-  const int64_t expected = kHeaderBytes + 4 * LlmcNumParams(c);
+  const int64_t expected = kLlmcHeaderBytes + 4 * LlmcNumParams(c);
   if (size != expected) {
     return absl::DataLossError(absl::StrFormat(
         "%s: size is %d bytes but the header (%s) implies %d bytes; the file is truncated or "
@@ -148,7 +104,7 @@ absl::StatusOr<std::unique_ptr<GPT2>> LoadLlmcCheckpoint(const std::string& path
   }
   MT_ASSIGN_OR_RETURN(std::unique_ptr<GPT2> model, GPT2::Create(c, device));
   MT_ASSIGN_OR_RETURN(File f, OpenForRead(path));
-  if (std::fseek(f.get(), kHeaderBytes, SEEK_SET) != 0) {
+  if (std::fseek(f.get(), kLlmcHeaderBytes, SEEK_SET) != 0) {
     return absl::DataLossError(absl::StrFormat("%s: cannot seek past the header", path));
   }
   for (const LlmcTensor& t : LlmcTensors(*model, /*grads=*/false)) {
@@ -161,7 +117,7 @@ absl::StatusOr<std::unique_ptr<GPT2>> LoadLlmcCheckpoint(const std::string& path
 
 absl::Status WriteLlmcCheckpoint(GPT2& model, const std::string& path) {
   const GPT2Config& c = model.config();
-  int32_t h[kHeaderInts] = {};
+  int32_t h[kLlmcHeaderInts] = {};
   h[0] = kLlmcCheckpointMagic;
   h[1] = kLlmcCheckpointVersionF32;
   h[2] = c.max_seq_len;
@@ -179,55 +135,6 @@ absl::Status WriteLlmcCheckpoint(GPT2& model, const std::string& path) {
       }
     }
     return absl::OkStatus();
-  });
-}
-
-absl::StatusOr<TokenFile> TokenFile::Open(const std::string& path) {
-  MT_ASSIGN_OR_RETURN(HeaderedFile hf, OpenLlmcFile(path, kLlmcTokensMagic, "token file"));
-  const int32_t* h = hf.header;
-  const int64_t size = hf.size;
-  if (h[1] != kLlmcTokensVersion) {
-    return absl::DataLossError(
-        absl::StrFormat("%s: token file version %d, expected %d", path, h[1], kLlmcTokensVersion));
-  }
-  const int64_t ntok = h[2];
-  if (ntok < 0 || size != kHeaderBytes + 2 * ntok) {
-    return absl::DataLossError(absl::StrFormat(
-        "%s: header says %d tokens, so the file should be %d bytes, but it is %d bytes; the file "
-        "is truncated or corrupt: regenerate it",
-        path, ntok, kHeaderBytes + 2 * ntok, size));
-  }
-  TokenFile t;
-  t.path_ = path;
-  t.tokens_.resize(ntok);
-  MT_RETURN_IF_ERROR(ReadAll(hf.file.get(), t.tokens_.data(), 2 * ntok, path));
-  return t;
-}
-
-absl::Status TokenFile::CheckVocab(int vocab_size) const {
-  for (size_t i = 0; i < tokens_.size(); ++i) {
-    if (tokens_[i] >= vocab_size) {
-      return absl::InvalidArgumentError(absl::StrFormat(
-          "%s: token %d at index %d is outside the model's vocabulary (vocab_size = %d); the "
-          "file was tokenised for another vocabulary",
-          path_, tokens_[i], i, vocab_size));
-    }
-  }
-  return absl::OkStatus();
-}
-
-absl::Status WriteTokenFile(const std::string& path, absl::Span<const uint16_t> tokens) {
-  if (tokens.size() > 0x7fffffff) {
-    return absl::InvalidArgumentError(
-        absl::StrFormat("%s: %d tokens do not fit the llm.c header", path, tokens.size()));
-  }
-  int32_t h[kHeaderInts] = {};
-  h[0] = kLlmcTokensMagic;
-  h[1] = kLlmcTokensVersion;
-  h[2] = static_cast<int32_t>(tokens.size());
-  return WriteFileAtomically(path, [&](std::FILE* f) -> absl::Status {
-    MT_RETURN_IF_ERROR(WriteAll(f, h, sizeof(h), path));
-    return WriteAll(f, tokens.data(), tokens.size() * 2, path);
   });
 }
 

@@ -9,7 +9,6 @@
 //
 //   MT_ASSIGN_OR_RETURN(std::unique_ptr<GPT2> model, core::LoadLlmcCheckpoint("gpt2_124M.bin"));
 //   MT_RETURN_IF_ERROR(core::WriteLlmcCheckpoint(*model, "out.bin"));
-//   MT_ASSIGN_OR_RETURN(core::TokenFile toks, core::TokenFile::Open("train.bin"));
 #ifndef MEMTRAIN_CORE_LLMC_H_
 #define MEMTRAIN_CORE_LLMC_H_
 
@@ -19,14 +18,12 @@
 
 #include "absl/status/statusor.h"
 #include "absl/types/span.h"
+#include "core/llmc_file.h"
 #include "core/model/gpt2.h"
+#include "core/token_file.h"  // token files moved; kept here for existing includes
 
 namespace memtrain::core {
 
-constexpr int32_t kLlmcCheckpointMagic = 20240326;
-constexpr int32_t kLlmcCheckpointVersionF32 = 3;
-constexpr int32_t kLlmcTokensMagic = 20240520;
-constexpr int32_t kLlmcTokensVersion = 1;
 
 // One llm.c tensor as pieces in memtrain's blocks: parts[i] points at layer i's slice (or the
 // whole tensor for wte, wpe, lnfw, lnfb).
@@ -49,23 +46,6 @@ absl::StatusOr<std::unique_ptr<GPT2>> LoadLlmcCheckpoint(const std::string& path
                                                          Device device = Device::Cpu());
 // Writes atomically.
 absl::Status WriteLlmcCheckpoint(GPT2& model, const std::string& path);
-
-// A whole token file in memory.
-class TokenFile {
- public:
-  static absl::StatusOr<TokenFile> Open(const std::string& path);
-  const std::string& path() const { return path_; }
-  absl::Span<const uint16_t> tokens() const { return tokens_; }
-  int64_t size() const { return static_cast<int64_t>(tokens_.size()); }
-  // InvalidArgument naming the file and the first offending token if any id >= vocab_size.
-  absl::Status CheckVocab(int vocab_size) const;
-
- private:
-  std::string path_;
-  std::vector<uint16_t> tokens_;
-};
-
-absl::Status WriteTokenFile(const std::string& path, absl::Span<const uint16_t> tokens);
 
 }  // namespace memtrain::core
 
