@@ -4,6 +4,7 @@
 #include <fstream>
 
 #include "absl/strings/str_format.h"
+#include "core/backend.h"
 #include "core/file_util.h"
 #include "nlohmann/json.hpp"
 #include "zlib.h"
@@ -176,7 +177,9 @@ absl::Status SafetensorsFile::CopyTo(const std::string& name, const Tensor& dst)
         "%s: tensor %s is %s %s but %s %s was expected", path_, name, DTypeName(e.dtype),
         ShapeString(e.shape), DTypeName(dst.dtype()), ShapeString(dst.shape())));
   }
-  std::memcpy(dst.raw(), data_.data() + e.begin, e.end - e.begin);
+  BackendFor(dst.device())
+      .CopyFromHost(ExecContext::For(dst.device()), dst.raw(), data_.data() + e.begin,
+                    e.end - e.begin);
   return absl::OkStatus();
 }
 

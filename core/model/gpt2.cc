@@ -82,11 +82,15 @@ int64_t GPT2::num_parameters() const {
 
 void GPT2::InitWeights(uint64_t seed) {
   const float proj_std = 0.02f / std::sqrt(2.0f * config_.n_layer);
+  const bool on_host = device_.type == DeviceType::kCpu;
+  std::vector<float> staging;  // a block's values on the host when the block lives on a device
   for (ParamBlock& b : blocks_) {
+    if (!on_host) staging.assign(b.numel(), 0.0f);
+    float* base = on_host ? b.params().f32() : staging.data();
     const auto& views = b.views();
     for (size_t vi = 0; vi < views.size(); ++vi) {
       const ParamView& v = views[vi];
-      float* p = b.params().f32() + v.offset;
+      float* p = base + v.offset;
       const std::string& n = v.name;
       if (n == "ln1w" || n == "ln2w" || n == "lnfw") {
         std::fill_n(p, v.numel, 1.0f);
@@ -98,6 +102,10 @@ void GPT2::InitWeights(uint64_t seed) {
         uint64_t stream = (static_cast<uint64_t>(b.id()) << 16) | vi;
         FillNormal(absl::MakeSpan(p, v.numel), seed, stream, 0, 0.0f, std);
       }
+    }
+    if (!on_host) {
+      be_->CopyFromHost(ExecContext::For(device_), b.params().raw(), staging.data(),
+                        staging.size() * sizeof(float));
     }
   }
 }
