@@ -190,19 +190,20 @@ TEST(DataParallelHooksTest, HookOrderCannotBreakDataParallelism) {
         tg[i] = (i * 5 + step) % 64;
       }
       core::Batch batch{in.data(), tg.data(), B, T};
-      ASSERT_TRUE(engine.Forward(batch).ok());
+      EXPECT_TRUE(engine.Forward(batch).ok());
       engine.ZeroGrad();
-      ASSERT_TRUE(engine.Backward(batch, 1.0f / W).ok());
-      ASSERT_TRUE(ddp.Wait().ok());
+      EXPECT_TRUE(engine.Backward(batch, 1.0f / W).ok());
+      EXPECT_TRUE(ddp.Wait().ok());
       opt->Step(1e-3f);
     }
-    // Every rank holds exactly rank 0's weights.
+    // Every rank holds exactly rank 0's weights. Every rank takes part in every broadcast
+    // whatever it finds, so a failure cannot hang the other ranks.
     for (int s = 0; s < model->num_stages(); ++s) {
       const core::Tensor& p = model->block(s).params();
       std::vector<float> mine(p.f32(), p.f32() + p.numel()), root = mine;
-      ASSERT_TRUE(g_world->Broadcast(root.data(), root.size(), core::DType::kF32, 0).Wait().ok());
-      ASSERT_EQ(mine, root) << "stage " << s << " differs from rank 0 with role "
-                            << static_cast<int>(role);
+      EXPECT_TRUE(g_world->Broadcast(root.data(), root.size(), core::DType::kF32, 0).Wait().ok());
+      EXPECT_TRUE(mine == root) << "rank " << g_world->rank() << ": stage " << s
+                                << " differs from rank 0 with role " << static_cast<int>(role);
     }
   }
 }
