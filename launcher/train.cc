@@ -51,6 +51,7 @@ absl::Status RunTraining(const Job& job, const TrainOptions& options,
                                                                      : optim::Decay::kConstant,
                           .min_ratio = sch.min_lr_ratio()};
   core::Engine engine(s.model.get());
+  for (core::StageHooks* h : options.hooks) engine.AddHooks(h);
   LoopContext ctx{job, options, grid, s, engine};
   MT_RETURN_IF_ERROR(AgreeOnStatus(world, strategy->Start(ctx)));
   const int64_t tokens_per_step = strategy->tokens_per_step();
@@ -84,7 +85,9 @@ absl::Status RunTraining(const Job& job, const TrainOptions& options,
     const auto t0 = Clock::now();
     const float lr = lr_at.At(step);
     const bool log = rank == 0 && ((step + 1) % t.log_every() == 0 || step + 1 == last_step);
-    MT_ASSIGN_OR_RETURN(StepResult result, strategy->Step(step, lr, log));
+    absl::StatusOr<StepResult> stepped = strategy->Step(step, lr, log);
+    MT_RETURN_IF_ERROR(AgreeOnStatus(world, stepped.status()));
+    const StepResult& result = *stepped;
     s.state.step = step + 1;
     const double dt = std::chrono::duration<double>(Clock::now() - t0).count();
     const double elapsed = std::chrono::duration<double>(Clock::now() - t_start).count();

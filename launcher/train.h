@@ -5,8 +5,10 @@
 #define MEMTRAIN_LAUNCHER_TRAIN_H_
 
 #include <cstdint>
+#include <vector>
 
 #include "absl/status/status.h"
+#include "core/engine.h"
 #include "launcher/job.pb.h"
 #include "parallel/communicator.h"
 
@@ -16,6 +18,10 @@ struct TrainOptions {
   bool resume = false;     // continue from checkpoint.dir/latest
   int64_t stop_after = 0;  // end the run after this step (with a checkpoint), as a preemption
   bool quiet = false;      // no progress output (metrics are still written)
+  // Extra engine hooks for a C++ caller (logging, custom gradient policies), not owned. They are
+  // ordered with the strategy's own hooks by role; an error from one stops the run with its
+  // status, on every rank, before anything else is written.
+  std::vector<core::StageHooks*> hooks;
 };
 
 // `job` must be filled (FillDefaults) and validated (ValidateJob) for world->size() ranks.
