@@ -46,13 +46,14 @@ void RunMode(const core::GPT2Config& cfg, int B, int T, core::ModelMode mode, in
   auto mib = [&](core::MemoryTag tag) {
     return (m.peak_by_tag[int(tag)] - before.current_by_tag[int(tag)]) / 1048576.0;
   };
-  std::printf("| %-21s | %8.1f | %8.1f | %10.1f | %8.1f | %8.1f |\n",
-              (std::string(core::ModelModeName(mode)) +
-               (mode == core::ModelMode::kForwardOnly ? ", " + std::to_string(lanes) + " lanes" : ""))
-                  .c_str(),
-              mib(core::MemoryTag::kParams), mib(core::MemoryTag::kGrads),
-              mib(core::MemoryTag::kActivations), mib(core::MemoryTag::kScratch),
-              (m.peak - before.current) / 1048576.0);
+  std::printf(
+      "| %-21s | %8.1f | %8.1f | %10.1f | %8.1f | %8.1f |\n",
+      (std::string(core::ModelModeName(mode)) +
+       (mode == core::ModelMode::kForwardOnly ? ", " + std::to_string(lanes) + " lanes" : ""))
+          .c_str(),
+      mib(core::MemoryTag::kParams), mib(core::MemoryTag::kGrads),
+      mib(core::MemoryTag::kActivations), mib(core::MemoryTag::kScratch),
+      (m.peak - before.current) / 1048576.0);
 }
 
 }  // namespace
@@ -66,12 +67,16 @@ int main(int argc, char** argv) {
     if (std::strcmp(argv[i], "--T") == 0) T = std::atoi(argv[i + 1]);
   }
   const int threads = core::InitThreads();
-  core::GPT2Config cfg =
-      shape == "small"
-          ? core::GPT2Config{.max_seq_len = 256, .vocab_size = 256, .n_layer = 4, .n_head = 4,
-                             .n_embd = 256}
-          : core::GPT2Config{.max_seq_len = 1024, .vocab_size = 50257, .n_layer = 12,
-                             .n_head = 12, .n_embd = 768};
+  core::GPT2Config cfg = shape == "small" ? core::GPT2Config{.max_seq_len = 256,
+                                                             .vocab_size = 256,
+                                                             .n_layer = 4,
+                                                             .n_head = 4,
+                                                             .n_embd = 256}
+                                          : core::GPT2Config{.max_seq_len = 1024,
+                                                             .vocab_size = 50257,
+                                                             .n_layer = 12,
+                                                             .n_head = 12,
+                                                             .n_embd = 768};
   std::vector<std::pair<int, int>> shapes;
   if (B > 0 && T > 0) {
     shapes.push_back({B, T});

@@ -10,8 +10,8 @@ absl::Status LocalAttention::Forward(const AttentionCall& c, float* out, float* 
 
 absl::Status LocalAttention::Backward(const AttentionCall& c, float* dqkv, const float* dout,
                                       const float* qkv, const float* out, const float* lse) {
-  BackendFor(c.ctx->device).AttentionBackward(*c.ctx, dqkv, dout, qkv, out, lse, c.B, c.T, c.C,
-                                              c.NH);
+  BackendFor(c.ctx->device)
+      .AttentionBackward(*c.ctx, dqkv, dout, qkv, out, lse, c.B, c.T, c.C, c.NH);
   return absl::OkStatus();
 }
 

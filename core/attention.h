@@ -51,8 +51,8 @@ class LocalAttention : public Attention {
  public:
   absl::Status Forward(const AttentionCall& call, float* out, float* lse,
                        const float* qkv) override;
-  absl::Status Backward(const AttentionCall& call, float* dqkv, const float* dout,
-                        const float* qkv, const float* out, const float* lse) override;
+  absl::Status Backward(const AttentionCall& call, float* dqkv, const float* dout, const float* qkv,
+                        const float* out, const float* lse) override;
 };
 
 }  // namespace memtrain::core

@@ -50,12 +50,11 @@ class Backend {
                               const float* dout, const float* inp, const float* weight, int64_t N,
                               int64_t C, int64_t OC, bool accumulate_dinp = false) = 0;
   virtual void LayerNormForward(const ExecContext& ctx, float* out, float* mean, float* rstd,
-                                const float* inp, const float* weight, const float* bias,
-                                int64_t N, int64_t C) = 0;
-  virtual void LayerNormBackward(const ExecContext& ctx, float* dinp, float* dweight,
-                                 float* dbias, const float* dout, const float* inp,
-                                 const float* weight, const float* mean, const float* rstd,
-                                 int64_t N, int64_t C) = 0;
+                                const float* inp, const float* weight, const float* bias, int64_t N,
+                                int64_t C) = 0;
+  virtual void LayerNormBackward(const ExecContext& ctx, float* dinp, float* dweight, float* dbias,
+                                 const float* dout, const float* inp, const float* weight,
+                                 const float* mean, const float* rstd, int64_t N, int64_t C) = 0;
   virtual void GeluForward(const ExecContext& ctx, float* out, const float* inp, int64_t n) = 0;
   virtual void GeluBackward(const ExecContext& ctx, float* dinp, const float* inp,
                             const float* dout, int64_t n) = 0;
@@ -71,8 +70,8 @@ class Backend {
                                     const float* lse, const int32_t* targets, float dloss,
                                     int64_t N, int64_t V, int64_t Vp) = 0;
   virtual void EmbeddingForward(const ExecContext& ctx, float* out, const int32_t* tokens,
-                                const float* wte, const float* wpe, int64_t B, int64_t T,
-                                int64_t C, int64_t pos_offset) = 0;
+                                const float* wte, const float* wpe, int64_t B, int64_t T, int64_t C,
+                                int64_t pos_offset) = 0;
   virtual void EmbeddingBackward(const ExecContext& ctx, float* dwte, float* dwpe,
                                  const float* dout, const int32_t* tokens, int64_t B, int64_t T,
                                  int64_t C, int64_t pos_offset) = 0;

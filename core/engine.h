@@ -41,8 +41,8 @@ namespace memtrain::core {
 struct StageEvent {
   Pass pass;
   int stage;
-  int lane;                     // the lane of a kLaneForward pass, else 0
-  ParamBlock* block;            // the stage's own block
+  int lane;           // the lane of a kLaneForward pass, else 0
+  ParamBlock* block;  // the stage's own block
   Model* model;
   absl::Span<const int> extra;  // blocks the stage also reads (the tied embedding for the head)
   const ExecContext* ctx;       // where the stage's ops run

@@ -24,7 +24,6 @@
 
 namespace memtrain::core {
 
-
 // One llm.c tensor as pieces in memtrain's blocks: parts[i] points at layer i's slice (or the
 // whole tensor for wte, wpe, lnfw, lnfb).
 struct LlmcTensor {

@@ -1,8 +1,8 @@
 // llm.c's file layout, shared by its checkpoints (core/llmc.h) and token files
 // (core/token_file.h): a header of 256 int32 (magic, version, sizes) followed by the payload.
 //
-//   MT_ASSIGN_OR_RETURN(core::LlmcFile f, core::OpenLlmcFile(path, core::kLlmcTokensMagic, "token file"));
-//   int32_t version = f.header[1];
+//   MT_ASSIGN_OR_RETURN(core::LlmcFile f, core::OpenLlmcFile(path, core::kLlmcTokensMagic, "token
+//   file")); int32_t version = f.header[1];
 #ifndef MEMTRAIN_CORE_LLMC_FILE_H_
 #define MEMTRAIN_CORE_LLMC_FILE_H_
 

@@ -1,8 +1,8 @@
 // What every trainable model exposes to the engine: a short list of stages, each owning one flat
 // ParamBlock, prepared for a batch shape in one of four modes, run stage by stage.
 //
-//   MT_RETURN_IF_ERROR(model->Prepare({.B = 4, .T = 64, .mode = core::ModelMode::kTrainRecompute}));
-//   MT_ASSIGN_OR_RETURN(int stage, model->FindBlock("h.3"));
+//   MT_RETURN_IF_ERROR(model->Prepare({.B = 4, .T = 64, .mode =
+//   core::ModelMode::kTrainRecompute})); MT_ASSIGN_OR_RETURN(int stage, model->FindBlock("h.3"));
 #ifndef MEMTRAIN_CORE_MODEL_H_
 #define MEMTRAIN_CORE_MODEL_H_
 
@@ -52,8 +52,8 @@ struct PrepareOptions {
 enum class Pass : uint8_t {
   kTrainForward,  // a forward that a Backward will follow
   kBackward,
-  kEvalForward,   // a forward for evaluation or sampling (no backward follows)
-  kLaneForward,   // one lane of a forward-only multi-lane pass
+  kEvalForward,  // a forward for evaluation or sampling (no backward follows)
+  kLaneForward,  // one lane of a forward-only multi-lane pass
 };
 const char* PassName(Pass pass);
 

@@ -107,8 +107,8 @@ void ParamBlock::UnbindGrads() {
 absl::Status ParamBlock::SetMask(Tensor mask) {
   if (mask.dtype() != DType::kU8 || mask.numel() != numel_ || !(mask.device() == device())) {
     return absl::InvalidArgumentError(absl::StrFormat(
-        "block %s: a mask must be u8 with %d elements on %s (1 = keep, 0 = pruned); got %s",
-        name_, numel_, device().ToString(), mask.DebugString()));
+        "block %s: a mask must be u8 with %d elements on %s (1 = keep, 0 = pruned); got %s", name_,
+        numel_, device().ToString(), mask.DebugString()));
   }
   mask_ = std::move(mask);
   ApplyMask();
@@ -121,17 +121,16 @@ void ParamBlock::ApplyMask() const {
                                  static_cast<const uint8_t*>(mask_.raw()), numel_);
 }
 
-absl::StatusOr<BlockBuffer> BlockBuffer::Like(const ParamBlock& block, DType dtype,
-                                              MemoryTag tag) {
+absl::StatusOr<BlockBuffer> BlockBuffer::Like(const ParamBlock& block, DType dtype, MemoryTag tag) {
   return Like(block, dtype, tag, block.device());
 }
 
 absl::StatusOr<BlockBuffer> BlockBuffer::Like(const ParamBlock& block, DType dtype, MemoryTag tag,
                                               Device device) {
   if (dtype != DType::kF32 && dtype != DType::kF64) {
-    return absl::InvalidArgumentError(absl::StrFormat(
-        "BlockBuffer for %s: dtype %s; use f32 (copies) or f64 (sums)", block.name(),
-        DTypeName(dtype)));
+    return absl::InvalidArgumentError(
+        absl::StrFormat("BlockBuffer for %s: dtype %s; use f32 (copies) or f64 (sums)",
+                        block.name(), DTypeName(dtype)));
   }
   BlockBuffer b;
   MT_ASSIGN_OR_RETURN(b.data_, Tensor::Zeros({block.numel()}, dtype, tag, device));

@@ -55,9 +55,8 @@ class BackpropStrategy : public LoopStrategy {
     MT_RETURN_IF_ERROR(ddp_->Wait());
     const double wait_ms = 1e3 * std::chrono::duration<double>(Clock::now() - t_wait).count();
     loss /= accum_;
-    MT_RETURN_IF_ERROR(ctx_->grid.data()
-                           .AllReduce(&loss, 1, core::DType::kF64, parallel::ReduceOp::kSum)
-                           .Wait());
+    MT_RETURN_IF_ERROR(
+        ctx_->grid.data().AllReduce(&loss, 1, core::DType::kF64, parallel::ReduceOp::kSum).Wait());
     loss /= D_;
     if (!std::isfinite(loss)) {
       // Every rank sees the same all-reduced loss, so all stop here together.
@@ -73,14 +72,12 @@ class BackpropStrategy : public LoopStrategy {
     s.state.batches_consumed = s.train->batches_consumed();
     StepResult r;
     r.loss = loss;
-    r.json_fields = absl::StrFormat(R"(, "comm_wait_ms": %.3f, "grad_norm": %.6g)", wait_ms,
-                                    grad_norm);
+    r.json_fields =
+        absl::StrFormat(R"(, "comm_wait_ms": %.3f, "grad_norm": %.6g)", wait_ms, grad_norm);
     return r;
   }
 
-  int64_t tokens_per_step() const override {
-    return static_cast<int64_t>(B_) * T_ * accum_ * D_;
-  }
+  int64_t tokens_per_step() const override { return static_cast<int64_t>(B_) * T_ * accum_ * D_; }
 
  private:
   const Job& job_;

@@ -51,8 +51,8 @@ struct Setup {
 
 // Builds the model (fresh, from init_from, or from the latest checkpoint with --resume), the
 // data loaders of this data rank, and the optimizer. Local: no collectives.
-absl::Status BuildSetup(const Job& job, const TrainOptions& options, int data_rank,
-                        int data_size, core::ModelMode mode, Setup* s);
+absl::Status BuildSetup(const Job& job, const TrainOptions& options, int data_rank, int data_size,
+                        core::ModelMode mode, Setup* s);
 
 // The optimizer's peak learning rate from the job spec (the schedule scales it).
 float PeakLr(const Optimizer& spec);

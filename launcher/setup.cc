@@ -1,9 +1,8 @@
-#include "launcher/loop.h"
-
 #include <optional>
 #include <string>
 
 #include "absl/strings/str_format.h"
+#include "launcher/loop.h"
 #include "launcher/spec.h"
 #include "optim/adamw.h"
 #include "optim/lion.h"
@@ -50,7 +49,6 @@ absl::StatusOr<std::unique_ptr<optim::Optimizer>> MakeOptimizer(const Optimizer&
                                              : core::cpu::AdamWVariant::kPyTorch},
       decay);
 }
-
 
 absl::Status CheckSameModel(const core::GPT2Config& want, const core::GPT2Config& got,
                             const std::string& from) {

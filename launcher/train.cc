@@ -29,8 +29,8 @@ absl::Status RunTraining(const Job& job, const TrainOptions& options,
   const int D = grid.data().size(), rank = world->rank();
   std::unique_ptr<LoopStrategy> strategy = MakeBackpropStrategy(job);
   Setup s;
-  MT_RETURN_IF_ERROR(AgreeOnStatus(
-      world, BuildSetup(job, options, grid.data_rank(), D, strategy->mode(), &s)));
+  MT_RETURN_IF_ERROR(
+      AgreeOnStatus(world, BuildSetup(job, options, grid.data_rank(), D, strategy->mode(), &s)));
   // Only now that every rank can run is the metrics file created (or truncated).
   Reporter report;
   absl::Status opened;
@@ -99,12 +99,11 @@ absl::Status RunTraining(const Job& job, const TrainOptions& options,
             R"({"step": %d, "loss": %.9g, "lr": %.9g, "tokens_per_sec": %.1f, "step_ms": %.3f%s})",
             step + 1, result.loss, lr, tokens_per_step / dt, 1e3 * dt, result.json_fields));
       }
-      report.Progress(
-          absl::StrFormat("step %d/%d | loss %.4f | lr %.2e | %.0f tok/s | "
-                          "%.0f ms/step | ETA %s",
-                          step + 1, t.steps(), result.loss, lr, tokens_per_step / dt, 1e3 * dt,
-                          Hms(eta)),
-          log);
+      report.Progress(absl::StrFormat("step %d/%d | loss %.4f | lr %.2e | %.0f tok/s | "
+                                      "%.0f ms/step | ETA %s",
+                                      step + 1, t.steps(), result.loss, lr, tokens_per_step / dt,
+                                      1e3 * dt, Hms(eta)),
+                      log);
     }
     const bool final_step = step + 1 == last_step;
     if (s.val && ((t.eval_every() > 0 && (step + 1) % t.eval_every() == 0) || final_step)) {

@@ -44,8 +44,8 @@ double GlobalGradNorm(core::Model& model) {
   for (int s = 0; s < model.num_stages(); ++s) {
     const core::Tensor& g = model.block(s).grads();
     if (!g.defined()) continue;  // no backward has touched this block
-    sum += core::BackendFor(g.device()).SquaredNorm(core::ExecContext::For(g.device()), g.f32(),
-                                                    g.numel());
+    sum += core::BackendFor(g.device())
+               .SquaredNorm(core::ExecContext::For(g.device()), g.f32(), g.numel());
   }
   return std::sqrt(sum);
 }

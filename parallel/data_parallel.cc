@@ -7,8 +7,8 @@ absl::Status DataParallelHooks::AfterBackward(const core::StageEvent& e) {
   if (pending_.size() <= static_cast<size_t>(e.stage)) pending_.resize(e.stage + 1);
   // The stage's gradient is complete in e.ctx's order; on a device the collective must start
   // after it (a host communicator sees finished CPU work).
-  pending_[e.stage] = comm_->AllReduce(e.block->grads().raw(), e.block->numel(),
-                                       core::DType::kF32, ReduceOp::kSum);
+  pending_[e.stage] =
+      comm_->AllReduce(e.block->grads().raw(), e.block->numel(), core::DType::kF32, ReduceOp::kSum);
   return absl::OkStatus();
 }
 

@@ -30,9 +30,9 @@ absl::Status GPT2Config::Validate() {
   }
   if (padded_vocab_size == 0) padded_vocab_size = (vocab_size + 127) / 128 * 128;
   if (padded_vocab_size < vocab_size) {
-    return absl::InvalidArgumentError(
-        absl::StrFormat("GPT2Config::padded_vocab_size = %d is smaller than GPT2Config::vocab_size = %d",
-                        padded_vocab_size, vocab_size));
+    return absl::InvalidArgumentError(absl::StrFormat(
+        "GPT2Config::padded_vocab_size = %d is smaller than GPT2Config::vocab_size = %d",
+        padded_vocab_size, vocab_size));
   }
   return absl::OkStatus();
 }
@@ -202,9 +202,13 @@ absl::Status GPT2::Prepare(const PrepareOptions& o) {
     MT_ASSIGN_OR_RETURN(dqkv_, scratch({B, T, 3 * C}));
     MT_ASSIGN_OR_RETURN(dfch_, scratch({B, T, 4 * C}));
   }
-  MT_RETURN_IF_ERROR(attention_->Prepare(
-      {.B = B, .T = T, .C = C, .NH = NH, .n_layer = config_.n_layer, .mode = o.mode,
-       .device = device_}));
+  MT_RETURN_IF_ERROR(attention_->Prepare({.B = B,
+                                          .T = T,
+                                          .C = C,
+                                          .NH = NH,
+                                          .n_layer = config_.n_layer,
+                                          .mode = o.mode,
+                                          .device = device_}));
   B_ = B;
   T_ = T;
   mode_ = o.mode;
@@ -290,11 +294,11 @@ absl::Status GPT2::BlockForward(int layer, const BlockActs& a, const float* inp,
   const ParamBlock& p = blocks_[layer + 1];
   be_->LayerNormForward(ctx, a.ln1, a.ln1_mean, a.ln1_rstd, inp, p.param("ln1w").f32(),
                         p.param("ln1b").f32(), N, C);
-  be_->MatmulForward(ctx, a.qkv, nullptr, a.ln1, p.param("qkvw").f32(), p.param("qkvb").f32(), N,
-                     C, 3 * C);
+  be_->MatmulForward(ctx, a.qkv, nullptr, a.ln1, p.param("qkvw").f32(), p.param("qkvb").f32(), N, C,
+                     3 * C);
   MT_RETURN_IF_ERROR(attention_->Forward(Call(layer, ctx), a.atty, a.att_lse, a.qkv));
-  be_->MatmulForward(ctx, a.res2, inp, a.atty, p.param("attprojw").f32(),
-                     p.param("attprojb").f32(), N, C, C);
+  be_->MatmulForward(ctx, a.res2, inp, a.atty, p.param("attprojw").f32(), p.param("attprojb").f32(),
+                     N, C, C);
   be_->LayerNormForward(ctx, a.ln2, a.ln2_mean, a.ln2_rstd, a.res2, p.param("ln2w").f32(),
                         p.param("ln2b").f32(), N, C);
   be_->MatmulForward(ctx, a.fch, nullptr, a.ln2, p.param("fcw").f32(), p.param("fcb").f32(), N, C,
@@ -321,8 +325,8 @@ absl::Status GPT2::BlockBackward(int layer, const ExecContext& ctx) {
   float* dbuf = dbuf_.f32();
   float* dfch = dfch_.f32();
   // MLP branch: out = res2 + fcproj(gelu(fc(ln2(res2)))).
-  be_->MatmulBackward(ctx, dfch, p.grad("fcprojw").f32(), p.grad("fcprojb").f32(), dout,
-                      a.fch_gelu, p.param("fcprojw").f32(), N, 4 * C, C);
+  be_->MatmulBackward(ctx, dfch, p.grad("fcprojw").f32(), p.grad("fcprojb").f32(), dout, a.fch_gelu,
+                      p.param("fcprojw").f32(), N, 4 * C, C);
   be_->GeluBackward(ctx, dfch, a.fch, dfch, N * 4 * C);
   be_->MatmulBackward(ctx, dbuf, p.grad("fcw").f32(), p.grad("fcb").f32(), dfch, a.ln2,
                       p.param("fcw").f32(), N, C, 4 * C);
@@ -331,8 +335,8 @@ absl::Status GPT2::BlockBackward(int layer, const ExecContext& ctx) {
   be_->LayerNormBackward(ctx, dres, p.grad("ln2w").f32(), p.grad("ln2b").f32(), dbuf, a.res2,
                          p.param("ln2w").f32(), a.ln2_mean, a.ln2_rstd, N, C);
   // Attention branch: res2 = inp + attproj(attention(qkv(ln1(inp)))); dres now holds d(res2).
-  be_->MatmulBackward(ctx, dbuf, p.grad("attprojw").f32(), p.grad("attprojb").f32(), dres,
-                      a.atty, p.param("attprojw").f32(), N, C, C);
+  be_->MatmulBackward(ctx, dbuf, p.grad("attprojw").f32(), p.grad("attprojb").f32(), dres, a.atty,
+                      p.param("attprojw").f32(), N, C, C);
   MT_RETURN_IF_ERROR(
       attention_->Backward(Call(layer, ctx), dqkv_.f32(), dbuf, a.qkv, a.atty, a.att_lse));
   be_->MatmulBackward(ctx, dbuf, p.grad("qkvw").f32(), p.grad("qkvb").f32(), dqkv_.f32(), a.ln1,
@@ -347,8 +351,8 @@ void GPT2::HeadForward(const Batch& batch, int lane, const ExecContext& ctx) {
   const int64_t N = static_cast<int64_t>(B_) * T_, C = config_.n_embd;
   const ParamBlock& h = blocks_[head_stage()];
   const float* x = Resid(config_.n_layer, lane);
-  be_->LayerNormForward(ctx, lnf_.f32(), lnf_mean_.f32(), lnf_rstd_.f32(), x,
-                        h.param("lnfw").f32(), h.param("lnfb").f32(), N, C);
+  be_->LayerNormForward(ctx, lnf_.f32(), lnf_mean_.f32(), lnf_rstd_.f32(), x, h.param("lnfw").f32(),
+                        h.param("lnfb").f32(), N, C);
   be_->MatmulForward(ctx, logits_.f32(), nullptr, lnf_.f32(), blocks_[0].param("wte").f32(),
                      nullptr, N, C, config_.padded_vocab_size);
   valid_targets_[lane] = 0;
@@ -379,8 +383,8 @@ void GPT2::HeadBackward(const Batch& batch, float loss_scale, const ExecContext&
   float* dlogits = logits_.f32();  // in place: the logits are not needed any more
   be_->CrossEntropyBackward(ctx, dlogits, logits_.f32(), lse_.f32(), batch.targets, dloss, N,
                             config_.vocab_size, Vp);
-  be_->MatmulBackward(ctx, dbuf_.f32(), blocks_[0].grad("wte").f32(), nullptr, dlogits,
-                      lnf_.f32(), blocks_[0].param("wte").f32(), N, C, Vp);
+  be_->MatmulBackward(ctx, dbuf_.f32(), blocks_[0].grad("wte").f32(), nullptr, dlogits, lnf_.f32(),
+                      blocks_[0].param("wte").f32(), N, C, Vp);
   cur_dres_ = 0;
   be_->SetZero(ctx, dres_[0].raw(), dres_[0].nbytes());
   be_->LayerNormBackward(ctx, dres_[0].f32(), h.grad("lnfw").f32(), h.grad("lnfb").f32(),

@@ -40,7 +40,9 @@ std::unique_ptr<GPT2> MakeModel() {
   return m;
 }
 
-std::vector<float> Flat(const Tensor& t) { return std::vector<float>(t.f32(), t.f32() + t.numel()); }
+std::vector<float> Flat(const Tensor& t) {
+  return std::vector<float>(t.f32(), t.f32() + t.numel());
+}
 
 std::vector<std::vector<float>> AllGrads(Model& m) {
   std::vector<std::vector<float>> g;
@@ -151,9 +153,9 @@ TEST(HooksTest, LanesAdvanceBlockByBlockAndEventsCarryThePass) {
   engine.AddHooks(&h);
   const Batch lanes[] = {a.batch, a.batch};
   ASSERT_TRUE(engine.ForwardLanes(lanes).ok());
-  EXPECT_EQ(log, (std::vector<std::string>{"h:begin lane forward", "h:F0.0", "h:F0.1", "h:F1.0",
-                                           "h:F1.1", "h:F2.0", "h:F2.1", "h:F3.0", "h:F3.1",
-                                           "h:F4.0", "h:F4.1"}));
+  EXPECT_EQ(
+      log, (std::vector<std::string>{"h:begin lane forward", "h:F0.0", "h:F0.1", "h:F1.0", "h:F1.1",
+                                     "h:F2.0", "h:F2.1", "h:F3.0", "h:F3.1", "h:F4.0", "h:F4.1"}));
 }
 
 TEST(HooksTest, AFailingHookStopsTheEngineWithItsStatus) {
@@ -200,12 +202,35 @@ TEST(HooksTest, RolesOrderHooksWhateverTheOrderOfAdding) {
   ASSERT_TRUE(engine.Backward(d.batch).ok());
   // Stage s: the changer before the communicator; the reader of stage s only after waiting for
   // stage s, one stage later (stage s-1's backward is already issued); memory after everyone.
-  const std::vector<std::string> want = {
-      "mem:begin backward", "scaler:begin backward", "comm:begin backward",
-      "reader:begin backward", "scaler:B4", "comm:B4", "scaler:B3", "comm:B3", "comm:wait4",
-      "reader:B4", "mem:B4", "scaler:B2", "comm:B2", "comm:wait3", "reader:B3", "mem:B3",
-      "scaler:B1", "comm:B1", "comm:wait2", "reader:B2", "mem:B2", "scaler:B0", "comm:B0",
-      "comm:wait1", "reader:B1", "mem:B1", "comm:wait0", "reader:B0", "mem:B0"};
+  const std::vector<std::string> want = {"mem:begin backward",
+                                         "scaler:begin backward",
+                                         "comm:begin backward",
+                                         "reader:begin backward",
+                                         "scaler:B4",
+                                         "comm:B4",
+                                         "scaler:B3",
+                                         "comm:B3",
+                                         "comm:wait4",
+                                         "reader:B4",
+                                         "mem:B4",
+                                         "scaler:B2",
+                                         "comm:B2",
+                                         "comm:wait3",
+                                         "reader:B3",
+                                         "mem:B3",
+                                         "scaler:B1",
+                                         "comm:B1",
+                                         "comm:wait2",
+                                         "reader:B2",
+                                         "mem:B2",
+                                         "scaler:B0",
+                                         "comm:B0",
+                                         "comm:wait1",
+                                         "reader:B1",
+                                         "mem:B1",
+                                         "comm:wait0",
+                                         "reader:B0",
+                                         "mem:B0"};
   EXPECT_EQ(log, want);
 }
 

@@ -178,8 +178,7 @@ TEST(DataParallelHooksTest, HookOrderCannotBreakDataParallelism) {
     auto opt = optim::AdamW::Create(model.get(), {.weight_decay = 0.1f}).value();
     core::Engine engine(model.get());
     DataParallelHooks ddp(g_world);
-    const float factor =
-        role == core::HookRole::kGradients ? 1.0f + 0.5f * g_world->rank() : 0.5f;
+    const float factor = role == core::HookRole::kGradients ? 1.0f + 0.5f * g_world->rank() : 0.5f;
     ScaleOneBlock scale(role, factor);
     engine.AddHooks(&ddp);
     engine.AddHooks(&scale);  // the order that used to race

@@ -1,9 +1,10 @@
 // The CPU backend: the kernels of core/kernels/cpu behind core::Backend. Ops are synchronous, the
 // context carries nothing, and host copies are plain memcpy.
+#include "core/backend.h"
+
 #include <array>
 #include <cstring>
 
-#include "core/backend.h"
 #include "core/kernels/cpu/ops.h"
 #include "core/philox.h"
 #include "core/status.h"
@@ -39,9 +40,8 @@ class CpuBackend final : public Backend {
                       int64_t C, int64_t OC, bool accumulate_dinp) override {
     cpu::MatmulBackward(dinp, dweight, dbias, dout, inp, weight, N, C, OC, accumulate_dinp);
   }
-  void LayerNormForward(const ExecContext&, float* out, float* mean, float* rstd,
-                        const float* inp, const float* weight, const float* bias, int64_t N,
-                        int64_t C) override {
+  void LayerNormForward(const ExecContext&, float* out, float* mean, float* rstd, const float* inp,
+                        const float* weight, const float* bias, int64_t N, int64_t C) override {
     cpu::LayerNormForward(out, mean, rstd, inp, weight, bias, N, C);
   }
   void LayerNormBackward(const ExecContext&, float* dinp, float* dweight, float* dbias,
