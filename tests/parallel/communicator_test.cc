@@ -107,6 +107,21 @@ TEST(ProcessGridTest, GroupsFollowTheLayout) {
   int32_t x = r + 1;
   ASSERT_TRUE(grid->perturbation().AllReduce(&x, 1, DType::kI32, ReduceOp::kSum).Wait().ok());
   EXPECT_EQ(x, R * (R + 1) / 2);
+  EXPECT_EQ(grid->data_sequence().size(), 1);
+}
+
+// data_sequence() is every rank with the same perturbation index, ordered by d * S + s: with
+// sequence = R it is the whole world, with perturbation = R it is the rank alone.
+TEST(ProcessGridTest, DataSequenceGroupSpansDataAndSequence) {
+  const int R = g_world->size(), r = g_world->rank();
+  auto grid = ProcessGrid::Create(g_world, {.data = 1, .sequence = R, .perturbation = 1});
+  ASSERT_TRUE(grid.ok()) << grid.status();
+  EXPECT_EQ(grid->data_sequence().size(), R);
+  EXPECT_EQ(grid->data_sequence().rank(), grid->data_rank() * R + grid->sequence_rank());
+  std::vector<int32_t> all(R);
+  int32_t me = r;
+  ASSERT_TRUE(grid->data_sequence().AllGather(&me, all.data(), 1, DType::kI32).Wait().ok());
+  for (int i = 0; i < R; ++i) EXPECT_EQ(all[i], i);  // world order = (d, s) order here
 }
 
 }  // namespace
