@@ -57,12 +57,21 @@ class ParamBlock {
 
   void ZeroGrad() const { grads_.SetZero(); }
 
+  // Optional pruning mask over the flat params: u8, numel() elements, 1 = keep, 0 = pruned.
+  // SetMask zeroes the pruned params at once (InvalidArgument for another dtype, size or
+  // device); optimizers keep them exactly 0. mask() is undefined when there is none.
+  absl::Status SetMask(Tensor mask);
+  void ClearMask();
+  const Tensor& mask() const { return mask_; }
+  bool has_mask() const { return mask_.defined(); }
+
  private:
   std::string name_;
   int id_ = 0;
   Tensor params_;
   Tensor grads_;
   std::vector<ParamView> views_;
+  Tensor mask_;
 };
 
 }  // namespace memtrain::core
