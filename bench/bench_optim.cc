@@ -9,6 +9,7 @@
 
 #include <algorithm>
 #include <chrono>
+#include <cmath>
 #include <cstdio>
 #include <cstring>
 #include <functional>
@@ -81,6 +82,35 @@ int main(int argc, char** argv) {
   core::FillNormal(absl::MakeSpan(p), 1, 0, 0, 0.0f, 0.02f);
   core::FillNormal(absl::MakeSpan(g), 1, 1, 0, 0.0f, 1e-3f);
   int64_t step = 0;
+  // The numbers of one step, as optim/ passes them (defaults of the optimizers' configs).
+  auto adamw = [&step] {
+    const float t = static_cast<float>(++step);
+    return core::cpu::AdamWCoeffs{.lr = 1e-4f,
+                                  .beta1 = 0.9f,
+                                  .beta2 = 0.999f,
+                                  .eps = 1e-8f,
+                                  .weight_decay = 0.1f,
+                                  .bias_correction1 = 1.0f - std::pow(0.9f, t),
+                                  .bias_correction2 = 1.0f - std::pow(0.999f, t),
+                                  .llmc_order = false};
+  };
+  const core::cpu::LionCoeffs lion{.lr = 1e-4f,
+                                   .beta1 = 0.9f,
+                                   .beta2 = 0.99f,
+                                   .weight_decay = 0.1f,
+                                   .tanh_direction = false,
+                                   .tau = 1e-3f};
+  core::cpu::LionCoeffs lion_tanh = lion;
+  lion_tanh.weight_decay = 0.0f;
+  lion_tanh.tanh_direction = true;
+  auto sgd = [&step] {
+    return core::cpu::SgdCoeffs{.lr = 1e-2f,
+                                .momentum = 0.9f,
+                                .dampening = 0.0f,
+                                .weight_decay = 0.0f,
+                                .nesterov = false,
+                                .first_step = ++step == 1};
+  };
   struct Case {
     const char* name;
     double bytes_per_param;
@@ -88,25 +118,14 @@ int main(int argc, char** argv) {
   };
   const std::vector<Case> cases = {
       {"AdamW", 28,
-       [&] {
-         core::cpu::AdamWUpdate(p.data(), g.data(), m.data(), v.data(), n,
-                                {.lr = 1e-4f, .weight_decay = 0.1f, .step = ++step});
-       }},
+       [&] { core::cpu::AdamWUpdate(p.data(), g.data(), m.data(), v.data(), n, adamw()); }},
       {"Lion (fp32 momentum)", 20,
-       [&] { core::cpu::LionUpdate(p.data(), g.data(), m.data(), n, {.weight_decay = 0.1f}); }},
+       [&] { core::cpu::LionUpdate(p.data(), g.data(), m.data(), n, lion); }},
       {"Lion (bf16 momentum)", 16,
-       [&] {
-         core::cpu::LionUpdateBf16(p.data(), g.data(), mb.data(), n, {.weight_decay = 0.1f});
-       }},
+       [&] { core::cpu::LionUpdateBf16(p.data(), g.data(), mb.data(), n, lion); }},
       {"Lion-K tanh (fp32)", 20,
-       [&] {
-         core::cpu::LionUpdate(p.data(), g.data(), m.data(), n,
-                               {.direction = core::cpu::LionDirection::kTanh});
-       }},
-      {"SGD momentum", 20,
-       [&] {
-         core::cpu::SgdUpdate(p.data(), g.data(), v.data(), n, {.momentum = 0.9f, .step = ++step});
-       }},
+       [&] { core::cpu::LionUpdate(p.data(), g.data(), m.data(), n, lion_tanh); }},
+      {"SGD momentum", 20, [&] { core::cpu::SgdUpdate(p.data(), g.data(), v.data(), n, sgd()); }},
   };
   std::printf("%lld parameters:\n", static_cast<long long>(n));
   for (const Case& c : cases) {

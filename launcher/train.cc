@@ -19,11 +19,9 @@
 #include "core/threads.h"
 #include "launcher/agree.h"
 #include "launcher/checkpoint.h"
+#include "launcher/make_optimizer.h"
 #include "launcher/spec.h"
-#include "optim/adamw.h"
-#include "optim/lion.h"
 #include "optim/schedule.h"
-#include "optim/sgd.h"
 #include "parallel/data_parallel.h"
 #include "parallel/process_grid.h"
 
@@ -35,51 +33,6 @@ using Clock = std::chrono::steady_clock;
 std::string Hms(double seconds) {
   const int64_t s = static_cast<int64_t>(seconds + 0.5);
   return absl::StrFormat("%d:%02d:%02d", s / 3600, (s / 60) % 60, s % 60);
-}
-
-absl::StatusOr<std::unique_ptr<optim::Optimizer>> MakeOptimizer(const Optimizer& spec,
-                                                                core::Model* model) {
-  optim::DecayPolicy decay{.decay_1d = spec.decay_1d(),
-                           .no_decay = {spec.no_decay().begin(), spec.no_decay().end()}};
-  if (spec.has_lion()) {
-    const Lion& l = spec.lion();
-    return optim::Lion::Create(model,
-                               {.lr = l.lr(),
-                                .beta1 = l.beta1(),
-                                .beta2 = l.beta2(),
-                                .weight_decay = l.weight_decay(),
-                                .direction = l.k() == Lion::TANH ? core::cpu::LionDirection::kTanh
-                                                                 : core::cpu::LionDirection::kSign,
-                                .tau = l.tau()},
-                               l.momentum_dtype() == Lion::BF16, decay);
-  }
-  if (spec.has_sgd()) {
-    const Sgd& g = spec.sgd();
-    return optim::Sgd::Create(model,
-                              {.lr = g.lr(),
-                               .momentum = g.momentum(),
-                               .dampening = g.dampening(),
-                               .weight_decay = g.weight_decay(),
-                               .nesterov = g.nesterov()},
-                              decay);
-  }
-  const AdamW& a = spec.adamw();
-  return optim::AdamW::Create(
-      model,
-      {.lr = a.lr(),
-       .beta1 = a.beta1(),
-       .beta2 = a.beta2(),
-       .eps = a.eps(),
-       .weight_decay = a.weight_decay(),
-       .variant = a.variant() == AdamW::LLMC ? core::cpu::AdamWVariant::kLlmc
-                                             : core::cpu::AdamWVariant::kPyTorch},
-      decay);
-}
-
-float PeakLr(const Optimizer& spec) {
-  if (spec.has_lion()) return spec.lion().lr();
-  if (spec.has_sgd()) return spec.sgd().lr();
-  return spec.adamw().lr();
 }
 
 // Everything a rank builds before the first collective of the loop.
@@ -318,7 +271,8 @@ absl::Status RunTraining(const Job& job, const TrainOptions& options,
     const float clip = job.optimizer().clip_grad_norm();
     const bool log = rank == 0 && ((step + 1) % t.log_every() == 0 || step + 1 == last_step);
     const double grad_norm = (clip > 0 || log) ? optim::GlobalGradNorm(*s.model) : 0.0;
-    s.opt->Step(lr, optim::ClipScale(grad_norm, clip));
+    MT_RETURN_IF_ERROR(s.opt->set_lr(lr));
+    s.opt->Step(optim::ClipScale(grad_norm, clip));
     s.state.step = step + 1;
     s.state.batches_consumed = s.train->batches_consumed();
     const double dt = std::chrono::duration<double>(Clock::now() - t0).count();
