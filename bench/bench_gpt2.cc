@@ -62,7 +62,7 @@ Result Run(const char* label, core::GPT2Config cfg, int B, int T, int steps) {
   cfg = model->config();  // with the padded vocabulary filled in
   model->InitWeights(1);
   MT_CHECK_OK(model->Prepare({.B = B, .T = T, .mode = g_mode}));
-  auto opt = optim::AdamW::Create(model.get(), {.weight_decay = 0.1f}).value();
+  auto opt = optim::AdamW::Create(model.get(), {.lr = 1e-4f, .weight_decay = 0.1f}).value();
   std::vector<int32_t> in(B * T), tg(B * T);
   for (int i = 0; i < B * T; ++i) {
     in[i] = static_cast<int32_t>(core::PhiloxUniform(2, 0, i) * cfg.vocab_size);
@@ -79,7 +79,7 @@ Result Run(const char* label, core::GPT2Config cfg, int B, int T, int steps) {
     engine.ZeroGrad();
     MT_CHECK_OK(engine.Backward(batch));
     auto t2 = Clock::now();
-    opt->Step(1e-4f);
+    opt->Step();
     auto t3 = Clock::now();
     (void)loss;
     if (s == 0) continue;

@@ -4,11 +4,13 @@
 // counting bytes read + written. Each optimizer: median of 5 steps over n parameters (state
 // allocated and touched up front), counting the bytes its fused pass must read and write:
 //   AdamW 28 B/param (read p g m v, write p m v), Lion fp32 20 (read p g m, write p m),
-//   Lion bf16 16, SGD with momentum 20.
+//   Lion bf16 16, SGD with momentum 20. With a pruning mask the call adds a pass that reads the
+//   mask and reads + writes params and state: AdamW 28 + 25 = 53, Lion fp32 20 + 17 = 37.
 #include <omp.h>
 
 #include <algorithm>
 #include <chrono>
+#include <cmath>
 #include <cstdio>
 #include <cstring>
 #include <functional>
@@ -78,9 +80,48 @@ int main(int argc, char** argv) {
 
   std::vector<float> p(n), g(n), m(n, 0.0f), v(n, 0.0f);
   std::vector<uint16_t> mb(n, 0);
+  std::vector<uint8_t> mask;  // made by the first masked case (its warm-up call)
   core::FillNormal(absl::MakeSpan(p), 1, 0, 0, 0.0f, 0.02f);
   core::FillNormal(absl::MakeSpan(g), 1, 1, 0, 0.0f, 1e-3f);
+  auto pruning_mask = [&]() -> const uint8_t* {
+    if (mask.empty()) {  // and fresh state: SGD used v as its buffer
+      mask.resize(n);
+      for (int64_t i = 0; i < n; ++i) mask[i] = core::PhiloxUniform(1, 2, i) < 0.9f;  // 10% pruned
+      std::fill(m.begin(), m.end(), 0.0f);
+      std::fill(v.begin(), v.end(), 0.0f);
+    }
+    return mask.data();
+  };
   int64_t step = 0;
+  // The numbers of one step, as optim/ passes them (defaults of the optimizers' configs).
+  auto adamw = [&step] {
+    const float t = static_cast<float>(++step);
+    return core::cpu::AdamWCoeffs{.lr = 1e-4f,
+                                  .beta1 = 0.9f,
+                                  .beta2 = 0.999f,
+                                  .eps = 1e-8f,
+                                  .weight_decay = 0.1f,
+                                  .bias_correction1 = 1.0f - std::pow(0.9f, t),
+                                  .bias_correction2 = 1.0f - std::pow(0.999f, t),
+                                  .llmc_order = false};
+  };
+  const core::cpu::LionCoeffs lion{.lr = 1e-4f,
+                                   .beta1 = 0.9f,
+                                   .beta2 = 0.99f,
+                                   .weight_decay = 0.1f,
+                                   .tanh_direction = false,
+                                   .tau = 1e-3f};
+  core::cpu::LionCoeffs lion_tanh = lion;
+  lion_tanh.weight_decay = 0.0f;
+  lion_tanh.tanh_direction = true;
+  auto sgd = [&step] {
+    return core::cpu::SgdCoeffs{.lr = 1e-2f,
+                                .momentum = 0.9f,
+                                .dampening = 0.0f,
+                                .weight_decay = 0.0f,
+                                .nesterov = false,
+                                .first_step = ++step == 1};
+  };
   struct Case {
     const char* name;
     double bytes_per_param;
@@ -88,25 +129,22 @@ int main(int argc, char** argv) {
   };
   const std::vector<Case> cases = {
       {"AdamW", 28,
-       [&] {
-         core::cpu::AdamWUpdate(p.data(), g.data(), m.data(), v.data(), n,
-                                {.lr = 1e-4f, .weight_decay = 0.1f, .step = ++step});
-       }},
+       [&] { core::cpu::AdamWUpdate(p.data(), g.data(), m.data(), v.data(), n, adamw()); }},
       {"Lion (fp32 momentum)", 20,
-       [&] { core::cpu::LionUpdate(p.data(), g.data(), m.data(), n, {.weight_decay = 0.1f}); }},
+       [&] { core::cpu::LionUpdate(p.data(), g.data(), m.data(), n, lion); }},
       {"Lion (bf16 momentum)", 16,
-       [&] {
-         core::cpu::LionUpdateBf16(p.data(), g.data(), mb.data(), n, {.weight_decay = 0.1f});
-       }},
+       [&] { core::cpu::LionUpdateBf16(p.data(), g.data(), mb.data(), n, lion); }},
       {"Lion-K tanh (fp32)", 20,
+       [&] { core::cpu::LionUpdate(p.data(), g.data(), m.data(), n, lion_tanh); }},
+      {"SGD momentum", 20, [&] { core::cpu::SgdUpdate(p.data(), g.data(), v.data(), n, sgd()); }},
+      // With a pruning mask: the update, then the pass that zeroes the pruned entries.
+      {"AdamW, masked", 53,
        [&] {
-         core::cpu::LionUpdate(p.data(), g.data(), m.data(), n,
-                               {.direction = core::cpu::LionDirection::kTanh});
+         core::cpu::AdamWUpdate(p.data(), g.data(), m.data(), v.data(), n, adamw(), 1.0f,
+                                pruning_mask());
        }},
-      {"SGD momentum", 20,
-       [&] {
-         core::cpu::SgdUpdate(p.data(), g.data(), v.data(), n, {.momentum = 0.9f, .step = ++step});
-       }},
+      {"Lion (fp32), masked", 37,
+       [&] { core::cpu::LionUpdate(p.data(), g.data(), m.data(), n, lion, 1.0f, pruning_mask()); }},
   };
   std::printf("%lld parameters:\n", static_cast<long long>(n));
   for (const Case& c : cases) {

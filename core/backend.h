@@ -28,6 +28,36 @@ struct ExecContext {
   static ExecContext For(Device device) { return {device, nullptr}; }
 };
 
+// The numbers one optimizer step needs (hyperparameters and their validation live in optim/).
+struct AdamWCoeffs {
+  float lr;
+  float beta1;
+  float beta2;
+  float eps;
+  float weight_decay;
+  float bias_correction1;  // 1 - beta1^t for the 1-based step t
+  float bias_correction2;  // 1 - beta2^t
+  bool llmc_order;         // llm.c's rounding order instead of PyTorch's
+};
+
+struct LionCoeffs {
+  float lr;
+  float beta1;
+  float beta2;
+  float weight_decay;
+  bool tanh_direction;  // dK = tanh(c / tau), a smooth sign, instead of sign(c)
+  float tau;            // for tanh_direction
+};
+
+struct SgdCoeffs {
+  float lr;
+  float momentum;  // 0: plain SGD, buf unused
+  float dampening;
+  float weight_decay;
+  bool nesterov;
+  bool first_step;  // initialises the buffer
+};
+
 class Backend {
  public:
   virtual ~Backend() = default;
@@ -75,6 +105,23 @@ class Backend {
   virtual void EmbeddingBackward(const ExecContext& ctx, float* dwte, float* dwpe,
                                  const float* dout, const int32_t* tokens, int64_t B, int64_t T,
                                  int64_t C, int64_t pos_offset) = 0;
+
+  // ---- optimizers: one fused pass over (params, grads, state) of n elements; grad_scale
+  // multiplies every gradient first; mask (n bytes) may be null, where it is 0 the parameter and
+  // its state stay exactly 0 ----
+  virtual void AdamWUpdate(const ExecContext& ctx, float* params, const float* grads, float* m,
+                           float* v, int64_t n, const AdamWCoeffs& c, float grad_scale,
+                           const uint8_t* mask) = 0;
+  virtual void LionUpdate(const ExecContext& ctx, float* params, const float* grads, float* m,
+                          int64_t n, const LionCoeffs& c, float grad_scale,
+                          const uint8_t* mask) = 0;
+  // m in bf16 (round to nearest even on every store).
+  virtual void LionUpdateBf16(const ExecContext& ctx, float* params, const float* grads,
+                              uint16_t* m, int64_t n, const LionCoeffs& c, float grad_scale,
+                              const uint8_t* mask) = 0;
+  virtual void SgdUpdate(const ExecContext& ctx, float* params, const float* grads, float* buf,
+                         int64_t n, const SgdCoeffs& c, float grad_scale,
+                         const uint8_t* mask) = 0;
 
   // ---- reductions and elementwise helpers ----------------------------------------------------
   // Both return on the host (a synchronising read on a device): call them when the value is

@@ -107,8 +107,9 @@ void ParamBlock::UnbindGrads() {
 absl::Status ParamBlock::SetMask(Tensor mask) {
   if (mask.dtype() != DType::kU8 || mask.numel() != numel_ || !(mask.device() == device())) {
     return absl::InvalidArgumentError(absl::StrFormat(
-        "block %s: a mask must be u8 with %d elements on %s (1 = keep, 0 = pruned); got %s", name_,
-        numel_, device().ToString(), mask.DebugString()));
+        "block %s: the mask is %s; it must be u8 with one byte per parameter (%d) on %s (1 = "
+        "keep, 0 = pruned)",
+        name_, mask.DebugString(), numel_, device().ToString()));
   }
   mask_ = std::move(mask);
   ApplyMask();

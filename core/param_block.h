@@ -87,7 +87,7 @@ class ParamBlock {
 
   // ---- pruning mask ----
   // u8 (numel) on the params' device, 1 = keep, 0 = pruned; zeroes the pruned params at once.
-  // InvalidArgument on a wrong dtype, size or device.
+  // InvalidArgument on a wrong dtype, size or device. Optimizers keep pruned weights exactly 0.
   absl::Status SetMask(Tensor mask);
   void ClearMask() { mask_ = Tensor(); }
   const Tensor& mask() const { return mask_; }

@@ -51,7 +51,7 @@ int main(int argc, char** argv) {
   if (absl::Status s = train->CheckVocab((*model)->config().vocab_size); !s.ok()) return Fail(s);
   auto loader = core::DataLoader::Create(&*train, B, T);
   if (!loader.ok()) return Fail(loader.status());
-  auto opt = optim::AdamW::Create(model->get(), {.weight_decay = 0.1f});
+  auto opt = optim::AdamW::Create(model->get(), {.lr = 1e-3f, .weight_decay = 0.1f});
   if (!opt.ok()) return Fail(opt.status());
   std::printf("%s, %lld parameters, B=%d T=%d, %d threads\n", (*model)->config().ToString().c_str(),
               static_cast<long long>((*model)->num_parameters()), B, T, threads);
@@ -67,7 +67,7 @@ int main(int argc, char** argv) {
     const float loss = engine.Loss();
     engine.ZeroGrad();
     if (absl::Status st = engine.Backward(batch); !st.ok()) return Fail(st);
-    (*opt)->Step(/*lr=*/1e-3f);
+    (*opt)->Step();  // with (*opt)->lr(); a schedule would call (*opt)->set_lr(...) first
     double s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
     if (step == 1) first = loss;
     last = loss;

@@ -68,7 +68,8 @@ class BackpropStrategy : public LoopStrategy {
     // The gradients are all-reduced: every rank computes the same global norm.
     const float clip = job_.optimizer().clip_grad_norm();
     const double grad_norm = (clip > 0 || log) ? optim::GlobalGradNorm(*s.model) : 0.0;
-    s.opt->Step(lr, optim::ClipScale(grad_norm, clip));
+    MT_RETURN_IF_ERROR(s.opt->set_lr(lr));
+    s.opt->Step(optim::ClipScale(grad_norm, clip));
     s.state.batches_consumed = s.train->batches_consumed();
     StepResult r;
     r.loss = loss;

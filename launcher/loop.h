@@ -25,6 +25,7 @@
 #include "core/llmc.h"
 #include "core/model/gpt2.h"
 #include "launcher/job.pb.h"
+#include "launcher/make_optimizer.h"
 #include "launcher/reporter.h"
 #include "launcher/train.h"
 #include "optim/optimizer.h"
@@ -53,9 +54,6 @@ struct Setup {
 // data loaders of this data rank, and the optimizer. Local: no collectives.
 absl::Status BuildSetup(const Job& job, const TrainOptions& options, int data_rank, int data_size,
                         core::ModelMode mode, Setup* s);
-
-// The optimizer's peak learning rate from the job spec (the schedule scales it).
-float PeakLr(const Optimizer& spec);
 
 // What a strategy reports for one step.
 struct StepResult {

@@ -1,54 +1,14 @@
+#include "launcher/loop.h"
+
 #include <optional>
 #include <string>
 
 #include "absl/strings/str_format.h"
-#include "launcher/loop.h"
+#include "launcher/make_optimizer.h"
 #include "launcher/spec.h"
-#include "optim/adamw.h"
-#include "optim/lion.h"
-#include "optim/sgd.h"
 
 namespace memtrain::launcher {
 namespace {
-
-absl::StatusOr<std::unique_ptr<optim::Optimizer>> MakeOptimizer(const Optimizer& spec,
-                                                                core::Model* model) {
-  optim::DecayPolicy decay{.decay_1d = spec.decay_1d(),
-                           .no_decay = {spec.no_decay().begin(), spec.no_decay().end()}};
-  if (spec.has_lion()) {
-    const Lion& l = spec.lion();
-    return optim::Lion::Create(model,
-                               {.lr = l.lr(),
-                                .beta1 = l.beta1(),
-                                .beta2 = l.beta2(),
-                                .weight_decay = l.weight_decay(),
-                                .direction = l.k() == Lion::TANH ? core::cpu::LionDirection::kTanh
-                                                                 : core::cpu::LionDirection::kSign,
-                                .tau = l.tau()},
-                               l.momentum_dtype() == Lion::BF16, decay);
-  }
-  if (spec.has_sgd()) {
-    const Sgd& g = spec.sgd();
-    return optim::Sgd::Create(model,
-                              {.lr = g.lr(),
-                               .momentum = g.momentum(),
-                               .dampening = g.dampening(),
-                               .weight_decay = g.weight_decay(),
-                               .nesterov = g.nesterov()},
-                              decay);
-  }
-  const AdamW& a = spec.adamw();
-  return optim::AdamW::Create(
-      model,
-      {.lr = a.lr(),
-       .beta1 = a.beta1(),
-       .beta2 = a.beta2(),
-       .eps = a.eps(),
-       .weight_decay = a.weight_decay(),
-       .variant = a.variant() == AdamW::LLMC ? core::cpu::AdamWVariant::kLlmc
-                                             : core::cpu::AdamWVariant::kPyTorch},
-      decay);
-}
 
 absl::Status CheckSameModel(const core::GPT2Config& want, const core::GPT2Config& got,
                             const std::string& from) {
@@ -68,11 +28,6 @@ absl::Status CheckSameModel(const core::GPT2Config& want, const core::GPT2Config
 
 }  // namespace
 
-float PeakLr(const Optimizer& spec) {
-  if (spec.has_lion()) return spec.lion().lr();
-  if (spec.has_sgd()) return spec.sgd().lr();
-  return spec.adamw().lr();
-}
 
 absl::Status BuildSetup(const Job& job, const TrainOptions& options, int data_rank, int data_size,
                         core::ModelMode mode, Setup* s) {

@@ -12,6 +12,8 @@
 #include "core/status.h"
 #include "google/protobuf/io/tokenizer.h"
 #include "google/protobuf/text_format.h"
+#include "launcher/field_names.h"
+#include "launcher/make_optimizer.h"
 
 namespace memtrain::launcher {
 namespace {
@@ -188,7 +190,7 @@ void FillDefaults(Job* job) {
 absl::Status ValidateJob(const Job& job, int world_size) {
   if (job.model().has_gpt()) {
     core::GPT2Config c = ToGPT2Config(job.model().gpt());
-    MT_RETURN_IF_ERROR(c.Validate());
+    MT_RETURN_IF_ERROR(ToJobSpecNames(c.Validate()));
     if (job.train().seq_len() > c.max_seq_len) {
       return Bad("train.seq_len", absl::StrCat(job.train().seq_len()),
                  absl::StrFormat("exceeds model.gpt.max_seq_len = %d; lower it or raise "
@@ -210,51 +212,8 @@ absl::Status ValidateJob(const Job& job, int world_size) {
   MT_RETURN_IF_ERROR(AtLeast("train.eval_every", t.eval_every(), 0));
   MT_RETURN_IF_ERROR(AtLeast("train.eval_batches", t.eval_batches(), 1));
   MT_RETURN_IF_ERROR(AtLeast("train.log_every", t.log_every(), 1));
-  if (job.optimizer().has_adamw()) {
-    const AdamW& a = job.optimizer().adamw();
-    if (!(a.lr() > 0)) return Bad("optimizer.adamw.lr", absl::StrCat(a.lr()), "must be > 0");
-    if (!(a.beta1() >= 0 && a.beta1() < 1)) {
-      return Bad("optimizer.adamw.beta1", absl::StrCat(a.beta1()), "must be in [0, 1)");
-    }
-    if (!(a.beta2() >= 0 && a.beta2() < 1)) {
-      return Bad("optimizer.adamw.beta2", absl::StrCat(a.beta2()), "must be in [0, 1)");
-    }
-    if (!(a.eps() > 0)) return Bad("optimizer.adamw.eps", absl::StrCat(a.eps()), "must be > 0");
-    if (!(a.weight_decay() >= 0)) {
-      return Bad("optimizer.adamw.weight_decay", absl::StrCat(a.weight_decay()), "must be >= 0");
-    }
-  }
-  if (job.optimizer().has_lion()) {
-    const Lion& l = job.optimizer().lion();
-    if (!(l.lr() > 0)) return Bad("optimizer.lion.lr", absl::StrCat(l.lr()), "must be > 0");
-    if (!(l.beta1() >= 0 && l.beta1() < 1)) {
-      return Bad("optimizer.lion.beta1", absl::StrCat(l.beta1()), "must be in [0, 1)");
-    }
-    if (!(l.beta2() >= 0 && l.beta2() < 1)) {
-      return Bad("optimizer.lion.beta2", absl::StrCat(l.beta2()), "must be in [0, 1)");
-    }
-    if (!(l.weight_decay() >= 0)) {
-      return Bad("optimizer.lion.weight_decay", absl::StrCat(l.weight_decay()), "must be >= 0");
-    }
-    if (!(l.tau() > 0)) return Bad("optimizer.lion.tau", absl::StrCat(l.tau()), "must be > 0");
-  }
-  if (job.optimizer().has_sgd()) {
-    const Sgd& g = job.optimizer().sgd();
-    if (!(g.lr() > 0)) return Bad("optimizer.sgd.lr", absl::StrCat(g.lr()), "must be > 0");
-    if (!(g.momentum() >= 0 && g.momentum() < 1)) {
-      return Bad("optimizer.sgd.momentum", absl::StrCat(g.momentum()), "must be in [0, 1)");
-    }
-    if (!(g.dampening() >= 0 && g.dampening() < 1)) {
-      return Bad("optimizer.sgd.dampening", absl::StrCat(g.dampening()), "must be in [0, 1)");
-    }
-    if (!(g.weight_decay() >= 0)) {
-      return Bad("optimizer.sgd.weight_decay", absl::StrCat(g.weight_decay()), "must be >= 0");
-    }
-    if (g.nesterov() && (g.momentum() == 0 || g.dampening() != 0)) {
-      return Bad("optimizer.sgd.nesterov", "true",
-                 "Nesterov momentum needs momentum > 0 and dampening = 0");
-    }
-  }
+  // The optimizer's own validation (optim::*Config::Validate), with job-spec field names.
+  MT_RETURN_IF_ERROR(ValidateOptimizerSpec(job.optimizer()));
   if (!(job.optimizer().clip_grad_norm() >= 0)) {
     return Bad("optimizer.clip_grad_norm", absl::StrCat(job.optimizer().clip_grad_norm()),
                "must be >= 0 (0 = no clipping)");

@@ -1,7 +1,8 @@
 // AdamW (PyTorch's, or llm.c's rounding order) over flat blocks; state m and v in fp32.
 //
-//   MT_ASSIGN_OR_RETURN(std::unique_ptr<optim::AdamW> opt, optim::AdamW::Create(model, hyper));
-//   opt->Step(lr);
+//   MT_ASSIGN_OR_RETURN(std::unique_ptr<optim::AdamW> opt,
+//                       optim::AdamW::Create(model, {.lr = 3e-4f, .weight_decay = 0.1f}));
+//   opt->Step();
 #ifndef MEMTRAIN_OPTIM_ADAMW_H_
 #define MEMTRAIN_OPTIM_ADAMW_H_
 
@@ -9,27 +10,43 @@
 #include <vector>
 
 #include "absl/status/statusor.h"
-#include "core/kernels/cpu/ops.h"
 #include "optim/optimizer.h"
 
 namespace memtrain::optim {
 
+enum class AdamWVariant {
+  kPyTorch,  // theta *= 1 - lr*wd, then theta -= lr * m_hat / (sqrt(v_hat) + eps)
+  kLlmc,     // theta -= lr * (m_hat / (sqrt(v_hat) + eps) + wd * theta): llm.c's rounding order
+};
+
+struct AdamWConfig {
+  float lr = 1e-3f;           // the initial lr() (> 0; set_lr may later take it to 0)
+  float beta1 = 0.9f;         // first-moment decay, in [0, 1)
+  float beta2 = 0.999f;       // second-moment decay, in [0, 1)
+  float eps = 1e-8f;          // denominator epsilon (> 0)
+  float weight_decay = 0.0f;  // decoupled weight decay (>= 0), on the views DecayPolicy picks
+  AdamWVariant variant = AdamWVariant::kPyTorch;
+
+  // InvalidArgument naming the field ("AdamWConfig::beta1 = 1: must be in [0, 1); ...").
+  absl::Status Validate() const;
+};
+
 class AdamW : public Optimizer {
  public:
-  // Allocates zero-filled m and v. hyper.lr and hyper.step are set per step.
-  static absl::StatusOr<std::unique_ptr<AdamW>> Create(core::Model* model,
-                                                       core::cpu::AdamWHyper hyper,
+  // Validates the config, then allocates zero-filled m and v.
+  static absl::StatusOr<std::unique_ptr<AdamW>> Create(core::Model* model, AdamWConfig config,
                                                        DecayPolicy decay = {});
   const char* name() const override { return "adamw"; }
-  void StepBlock(int stage, float lr, float grad_scale) override;
+  const AdamWConfig& config() const { return config_; }
+  void StepBlock(int stage, float grad_scale) override;
   std::vector<std::pair<std::string, core::Tensor>> State(int stage) const override;
   const core::Tensor& m(int stage) const { return m_[stage]; }
   const core::Tensor& v(int stage) const { return v_[stage]; }
 
  private:
-  AdamW(core::Model* model, core::cpu::AdamWHyper hyper, DecayPolicy decay)
-      : Optimizer(model, std::move(decay)), hyper_(hyper) {}
-  core::cpu::AdamWHyper hyper_;
+  AdamW(core::Model* model, AdamWConfig config, DecayPolicy decay)
+      : Optimizer(model, config.lr, std::move(decay)), config_(config) {}
+  AdamWConfig config_;
   std::vector<core::Tensor> m_, v_;  // per block, flat
 };
 

@@ -3,6 +3,8 @@
 #include <cmath>
 
 #include "core/backend.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
 #include "core/kernels/cpu/ops.h"
 
 namespace memtrain::optim {
@@ -14,9 +16,36 @@ bool DecayPolicy::Decays(const std::string& block, const core::ParamView& view) 
   return view.decay || decay_1d;
 }
 
-void Optimizer::Step(float lr, float grad_scale) {
+absl::Status Optimizer::set_lr(float lr) {
+  if (!(std::isfinite(lr) && lr >= 0)) {
+    return absl::InvalidArgumentError(
+        absl::StrFormat("%s set_lr(%s): the learning rate must be >= 0 and finite; it stays %s",
+                        name(), absl::StrCat(lr), absl::StrCat(lr_)));
+  }
+  lr_ = lr;
+  return absl::OkStatus();
+}
+
+void Optimizer::Step(float grad_scale) {
   BeginStep();
-  for (int s = 0; s < model_->num_stages(); ++s) StepBlock(s, lr, grad_scale);
+  for (int s = 0; s < model_->num_stages(); ++s) StepBlock(s, grad_scale);
+}
+
+void Optimizer::Reset() {
+  for (int s = 0; s < model_->num_stages(); ++s) {
+    for (const auto& [name, t] : State(s)) t.SetZero();
+  }
+  step_ = 0;
+}
+
+absl::Status Optimizer::CheckModel(const core::Model* model) {
+  if (model != nullptr) return absl::OkStatus();
+  return absl::InvalidArgumentError("the model is null; pass the model whose blocks to update");
+}
+
+const uint8_t* Optimizer::Mask(int stage) const {
+  const core::ParamBlock& b = model_->block(stage);
+  return b.has_mask() ? static_cast<const uint8_t*>(b.mask().raw()) : nullptr;
 }
 
 int64_t Optimizer::state_bytes() const {

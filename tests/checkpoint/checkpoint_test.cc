@@ -36,7 +36,7 @@ Trained MakeTrained() {
                 .value();
   t.model->InitWeights(3);
   EXPECT_TRUE(t.model->Prepare(2, 8).ok());
-  t.opt = optim::AdamW::Create(t.model.get(), {.weight_decay = 0.1f}).value();
+  t.opt = optim::AdamW::Create(t.model.get(), {.lr = 1e-2f, .weight_decay = 0.1f}).value();
   std::vector<int32_t> in(16), tg(16);
   for (int i = 0; i < 16; ++i) in[i] = i % 40, tg[i] = (i * 3) % 40;
   core::Engine engine(t.model.get());
@@ -44,7 +44,7 @@ Trained MakeTrained() {
     EXPECT_TRUE(engine.Forward({in.data(), tg.data(), 2, 8}).ok());
     engine.ZeroGrad();
     EXPECT_TRUE(engine.Backward({in.data(), tg.data(), 2, 8}).ok());
-    t.opt->Step(1e-2f);
+    t.opt->Step();
   }
   return t;
 }

@@ -232,38 +232,5 @@ TEST(ResidualTest, ForwardAndAccumulate) {
   for (int i = 0; i < 1000; ++i) ASSERT_EQ(out[i], (a[i] + b[i]) + a[i]);
 }
 
-// ---- AdamW
-// --------------------------------------------------------------------------------------------
-TEST(AdamWTest, BothVariantsMatchDoubleLoopOverSteps) {
-  const int n = 257;
-  for (AdamWVariant variant : {AdamWVariant::kPyTorch, AdamWVariant::kLlmc}) {
-    auto p = RandomFloats(n, 17);
-    std::vector<float> m(n, 0.0f), v(n, 0.0f);
-    std::vector<double> pd = ToDouble(p), md(n, 0), vd(n, 0);
-    AdamWHyper h{.lr = 1e-2f,
-                 .beta1 = 0.9f,
-                 .beta2 = 0.95f,
-                 .eps = 1e-8f,
-                 .weight_decay = 0.1f,
-                 .variant = variant};
-    for (int step = 1; step <= 5; ++step) {
-      auto g = RandomFloats(n, 100 + step);
-      h.step = step;
-      AdamWUpdate(p.data(), g.data(), m.data(), v.data(), n, h);
-      for (int i = 0; i < n; ++i) {
-        md[i] = 0.9 * md[i] + 0.1 * g[i];
-        vd[i] = 0.95 * vd[i] + 0.05 * g[i] * double(g[i]);
-        double mhat = md[i] / (1 - std::pow(0.9, step)), vhat = vd[i] / (1 - std::pow(0.95, step));
-        double upd = mhat / (std::sqrt(vhat) + 1e-8);
-        pd[i] = variant == AdamWVariant::kPyTorch ? pd[i] * (1 - 1e-2 * 0.1) - 1e-2 * upd
-                                                  : pd[i] - 1e-2 * (upd + 0.1 * pd[i]);
-      }
-    }
-    EXPECT_TRUE(AllClose(p, pd, 1e-5)) << "variant " << static_cast<int>(variant);
-    EXPECT_TRUE(AllClose(m, md, 1e-5));
-    EXPECT_TRUE(AllClose(v, vd, 1e-5));
-  }
-}
-
 }  // namespace
 }  // namespace memtrain::core::cpu

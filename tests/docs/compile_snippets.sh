@@ -2,7 +2,9 @@
 # Compiles every C++ snippet of README.md and docs/*.md against this build's libraries.
 #
 # A snippet is a fenced block opened with ```cpp (or c++, cc, cxx). One that contains `int main`
-# is a whole program: compiled and linked as it stands. Any other is a fragment: its preprocessor
+# is a whole program: compiled and linked as it stands. One that defines functions or classes (a
+# definition opening at column 0 and a `}` closing it at column 0) is a file of definitions: compiled after
+# memtrain's main public headers and `using namespace memtrain;`. Any other is a fragment: its preprocessor
 # lines go to the top of a file that already includes memtrain's main public headers and says
 # `using namespace memtrain;`; the rest becomes the body of a function whose parameters are the
 # free names the docs' loops use (int B, T, steps). Errors name the Markdown file and line.
@@ -20,7 +22,7 @@ command -v ninja >/dev/null && GEN=(-G Ninja)
 
 # Headers every fragment sees (those of them that exist).
 HEADERS=(core/status.h core/tensor.h core/threads.h core/engine.h core/model/gpt2.h
-         core/data_loader.h core/llmc.h core/safetensors.h optim/optimizer.h optim/adamw.h
+         core/data_loader.h core/evaluate.h core/llmc.h core/safetensors.h optim/optimizer.h optim/adamw.h
          optim/lion.h optim/sgd.h optim/schedule.h checkpoint/checkpoint.h
          parallel/communicator.h parallel/data_parallel.h launcher/spec.h)
 
@@ -53,6 +55,16 @@ for i in $(seq 1 "$n"); do
   if grep -Eq '\bint[[:space:]]+main[[:space:]]*\(' "$txt"; then
     { printf '#line %d "%s"\n' "$line" "$md"; cat "$txt"; } >"$cc"
     echo "add_executable(snippet_$i snippet_$i.cc)" >>"$W/CMakeLists.txt"
+  elif { grep -Eq '^[A-Za-z_][A-Za-z0-9_:<>,*& ]*[ *&]+[A-Za-z_][A-Za-z0-9_:]*\(.*[{,][[:space:]]*$' "$txt" ||
+         grep -Eq '^(class|struct) ' "$txt"; } && grep -Eq '^\}' "$txt"; then
+    {
+      echo "// $md:$line, definitions"
+      for h in "${HEADERS[@]}"; do [ -f "$SRC/$h" ] && echo "#include \"$h\""; done
+      echo 'using namespace memtrain;'
+      printf '#line %d "%s"\n' "$line" "$md"
+      cat "$txt"
+    } >"$cc"
+    echo "add_library(snippet_$i OBJECT snippet_$i.cc)" >>"$W/CMakeLists.txt"
   else
     {
       echo "// $md:$line, a fragment"

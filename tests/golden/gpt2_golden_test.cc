@@ -108,7 +108,7 @@ TEST_F(GPT2GoldenTest, LogitsLossAndEveryGradientMatch) {
 }
 
 class GPT2GoldenAdamWTest : public GPT2GoldenTest,
-                            public ::testing::WithParamInterface<core::cpu::AdamWVariant> {};
+                            public ::testing::WithParamInterface<optim::AdamWVariant> {};
 
 // 10 steps on the same batch, as llm.c's test does; PyTorch's AdamW and llm.c's update.
 TEST_P(GPT2GoldenAdamWTest, TenStepsMatch) {
@@ -124,20 +124,20 @@ TEST_P(GPT2GoldenAdamWTest, TenStepsMatch) {
                                   optim::DecayPolicy{.decay_1d = true, .no_decay = {}});
   ASSERT_TRUE(opt.ok());
   const std::vector<float>& want =
-      golden_[GetParam() == core::cpu::AdamWVariant::kLlmc ? "llmc_adamw_losses" : "adamw_losses"];
+      golden_[GetParam() == optim::AdamWVariant::kLlmc ? "llmc_adamw_losses" : "adamw_losses"];
   ASSERT_EQ(want.size(), 10u);
   for (int step = 0; step < 10; ++step) {
     ASSERT_TRUE(engine.Forward(batch()).ok());
     EXPECT_NEAR(engine.Loss(), want[step], 1e-5 * want[step]) << "step " << step;
     engine.ZeroGrad();
     ASSERT_TRUE(engine.Backward(batch()).ok());
-    (*opt)->Step(1e-3f);
+    (*opt)->Step();
   }
 }
 
 INSTANTIATE_TEST_SUITE_P(Variants, GPT2GoldenAdamWTest,
-                         ::testing::Values(core::cpu::AdamWVariant::kPyTorch,
-                                           core::cpu::AdamWVariant::kLlmc));
+                         ::testing::Values(optim::AdamWVariant::kPyTorch,
+                                           optim::AdamWVariant::kLlmc));
 
 }  // namespace
 }  // namespace memtrain

@@ -1,5 +1,6 @@
 // Optimizers against naive double-precision loops written from the papers' / PyTorch's update
 // rules, parameter groups, bf16 momentum rounding, Lion's bound constraint, and clipping.
+// (Config validation, the learning rate, Reset and masks: optimizer_api_test.cc.)
 #include <gtest/gtest.h>
 
 #include <cmath>
@@ -16,22 +17,58 @@
 namespace memtrain::optim {
 namespace {
 
-using core::cpu::LionDirection;
 using memtrain::testing::AllClose;
 using memtrain::testing::RandomFloats;
 using memtrain::testing::ToDouble;
 
 double Sign(double x) { return (x > 0) - (x < 0); }
 
+// Lion's kernel numbers with the paper's betas.
+core::cpu::LionCoeffs LionNumbers(float lr, float weight_decay, bool tanh = false,
+                                  float tau = 1e-3f) {
+  return {.lr = lr,
+          .beta1 = 0.9f,
+          .beta2 = 0.99f,
+          .weight_decay = weight_decay,
+          .tanh_direction = tanh,
+          .tau = tau};
+}
+
+TEST(AdamWTest, BothOrdersMatchDoubleLoopOverSteps) {
+  const int n = 257;
+  for (bool llmc : {false, true}) {
+    auto p = RandomFloats(n, 17);
+    std::vector<float> m(n, 0.0f), v(n, 0.0f);
+    std::vector<double> pd = ToDouble(p), md(n, 0), vd(n, 0);
+    for (int step = 1; step <= 5; ++step) {
+      auto g = RandomFloats(n, 100 + step);
+      const core::cpu::AdamWCoeffs c{.lr = 1e-2f,
+                                     .beta1 = 0.9f,
+                                     .beta2 = 0.95f,
+                                     .eps = 1e-8f,
+                                     .weight_decay = 0.1f,
+                                     .bias_correction1 = 1.0f - std::pow(0.9f, float(step)),
+                                     .bias_correction2 = 1.0f - std::pow(0.95f, float(step)),
+                                     .llmc_order = llmc};
+      core::cpu::AdamWUpdate(p.data(), g.data(), m.data(), v.data(), n, c);
+      for (int i = 0; i < n; ++i) {
+        md[i] = 0.9 * md[i] + 0.1 * g[i];
+        vd[i] = 0.95 * vd[i] + 0.05 * g[i] * double(g[i]);
+        double mhat = md[i] / (1 - std::pow(0.9, step)), vhat = vd[i] / (1 - std::pow(0.95, step));
+        double upd = mhat / (std::sqrt(vhat) + 1e-8);
+        pd[i] = !llmc ? pd[i] * (1 - 1e-2 * 0.1) - 1e-2 * upd : pd[i] - 1e-2 * (upd + 0.1 * pd[i]);
+      }
+    }
+    EXPECT_TRUE(AllClose(p, pd, 1e-5)) << "llmc order " << llmc;
+    EXPECT_TRUE(AllClose(m, md, 1e-5));
+    EXPECT_TRUE(AllClose(v, vd, 1e-5));
+  }
+}
+
 TEST(LionTest, MatchesDoubleLoopForSignAndTanh) {
   const int n = 1001;
-  for (LionDirection dir : {LionDirection::kSign, LionDirection::kTanh}) {
-    core::cpu::LionHyper h{.lr = 1e-2f,
-                           .beta1 = 0.9f,
-                           .beta2 = 0.99f,
-                           .weight_decay = 0.5f,
-                           .direction = dir,
-                           .tau = 0.05f};
+  for (bool tanh : {false, true}) {
+    const core::cpu::LionCoeffs h = LionNumbers(1e-2f, 0.5f, tanh, 0.05f);
     auto p = RandomFloats(n, 1);
     std::vector<float> m(n, 0.0f);
     std::vector<double> pd = ToDouble(p), md(n, 0.0);
@@ -42,12 +79,12 @@ TEST(LionTest, MatchesDoubleLoopForSignAndTanh) {
       for (int i = 0; i < n; ++i) {
         const double gi = 2.0 * g[i];
         const double c = 0.9 * md[i] + 0.1 * gi;
-        const double d = dir == LionDirection::kSign ? Sign(c) : std::tanh(c / 0.05);
+        const double d = !tanh ? Sign(c) : std::tanh(c / 0.05);
         pd[i] = pd[i] * (1 - 1e-2 * 0.5) - 1e-2 * d;
         md[i] = 0.99 * md[i] + 0.01 * gi;
       }
     }
-    EXPECT_TRUE(AllClose(p, pd, 1e-5)) << "direction " << static_cast<int>(dir);
+    EXPECT_TRUE(AllClose(p, pd, 1e-5)) << "tanh " << tanh;
     EXPECT_TRUE(AllClose(m, md, 1e-5));
   }
 }
@@ -56,14 +93,14 @@ TEST(LionTest, SignOfZeroIsZero) {
   // Zero gradient and zero momentum: c = 0, so only weight decay moves theta (DeepSpeed's fused
   // kernel stepped by -lr here).
   std::vector<float> p = {1.0f, -2.0f}, g = {0.0f, 0.0f}, m = {0.0f, 0.0f};
-  core::cpu::LionUpdate(p.data(), g.data(), m.data(), 2, {.lr = 0.1f, .weight_decay = 0.5f});
+  core::cpu::LionUpdate(p.data(), g.data(), m.data(), 2, LionNumbers(0.1f, 0.5f));
   EXPECT_FLOAT_EQ(p[0], 0.95f);
   EXPECT_FLOAT_EQ(p[1], -1.9f);
 }
 
 TEST(LionTest, Bf16MomentumIsRoundedToNearest) {
   const int n = 4096;
-  core::cpu::LionHyper h{.lr = 1e-3f, .weight_decay = 0.1f};
+  const core::cpu::LionCoeffs h = LionNumbers(1e-3f, 0.1f);
   auto p = RandomFloats(n, 2);
   std::vector<uint16_t> m(n, 0);
   std::vector<double> pd = ToDouble(p);
@@ -99,7 +136,7 @@ TEST(LionTest, IteratesInsideTheBoxStayInside) {
   p[0] = bound;
   p[1] = -bound;
   std::vector<float> m(n, 0.0f);
-  core::cpu::LionHyper h{.lr = 0.05f, .weight_decay = lambda};
+  const core::cpu::LionCoeffs h = LionNumbers(0.05f, lambda);
   for (int step = 0; step < 300; ++step) {
     auto g = RandomFloats(n, 100 + step, -5.0f, 5.0f);
     core::cpu::LionUpdate(p.data(), g.data(), m.data(), n, h);
@@ -117,17 +154,18 @@ TEST(LionTest, IteratesInsideTheBoxStayInside) {
 TEST(SgdTest, MomentumAndNesterovMatchDoubleLoop) {
   const int n = 513;
   for (bool nesterov : {false, true}) {
-    core::cpu::SgdHyper h{.lr = 0.1f,
-                          .momentum = 0.9f,
-                          .dampening = nesterov ? 0.0f : 0.25f,
-                          .weight_decay = 0.01f,
-                          .nesterov = nesterov};
+    core::cpu::SgdCoeffs h{.lr = 0.1f,
+                           .momentum = 0.9f,
+                           .dampening = nesterov ? 0.0f : 0.25f,
+                           .weight_decay = 0.01f,
+                           .nesterov = nesterov,
+                           .first_step = true};
     auto p = RandomFloats(n, 4);
     std::vector<float> buf(n, 123.0f);  // garbage: step 1 must overwrite it
     std::vector<double> pd = ToDouble(p), bd(n, 0.0);
     for (int step = 1; step <= 5; ++step) {
       auto g = RandomFloats(n, 30 + step);
-      h.step = step;
+      h.first_step = step == 1;
       core::cpu::SgdUpdate(p.data(), g.data(), buf.data(), n, h);
       for (int i = 0; i < n; ++i) {
         double gi = g[i] + 0.01 * pd[i];
@@ -141,7 +179,13 @@ TEST(SgdTest, MomentumAndNesterovMatchDoubleLoop) {
   }
   // Plain SGD keeps no state.
   std::vector<float> p = {1.0f}, g = {0.5f};
-  core::cpu::SgdUpdate(p.data(), g.data(), nullptr, 1, {.lr = 0.1f});
+  core::cpu::SgdUpdate(p.data(), g.data(), nullptr, 1,
+                       {.lr = 0.1f,
+                        .momentum = 0.0f,
+                        .dampening = 0.0f,
+                        .weight_decay = 0.0f,
+                        .nesterov = false,
+                        .first_step = true});
   EXPECT_FLOAT_EQ(p[0], 0.95f);
 }
 
@@ -151,6 +195,7 @@ std::unique_ptr<core::GPT2> TinyModelWithGrads() {
                    .value();
   model->InitWeights(1);
   for (int s = 0; s < model->num_stages(); ++s) {
+    EXPECT_TRUE(model->block(s).EnsureGrads().ok());  // gradients are allocated lazily
     const core::Tensor& g = model->block(s).grads();
     auto r = RandomFloats(g.numel(), 40 + s);
     std::copy(r.begin(), r.end(), g.f32());
@@ -172,7 +217,7 @@ TEST(ParamGroupTest, BiasesAndNormsAreNotDecayedByDefault) {
     }
     // SGD with zero gradients: decayed tensors shrink by exactly (1 - lr*wd), the rest stay.
     auto opt = Sgd::Create(model.get(), {.lr = 0.5f, .weight_decay = 0.2f}, policy).value();
-    opt->Step(0.5f);
+    opt->Step();
     for (int s = 0; s < model->num_stages(); ++s) {
       const core::ParamBlock& b = model->block(s);
       for (const core::ParamView& v : b.views()) {
@@ -210,10 +255,10 @@ TEST(ClipTest, GlobalNormAndScaleFoldedIntoTheStep) {
     const core::Tensor& g = b->block(s).grads();
     for (int64_t i = 0; i < g.numel(); ++i) g.f32()[i] *= scale;
   }
-  auto oa = AdamW::Create(a.get(), {.weight_decay = 0.1f}).value();
-  auto ob = AdamW::Create(b.get(), {.weight_decay = 0.1f}).value();
-  oa->Step(1e-2f, scale);
-  ob->Step(1e-2f);
+  auto oa = AdamW::Create(a.get(), {.lr = 1e-2f, .weight_decay = 0.1f}).value();
+  auto ob = AdamW::Create(b.get(), {.lr = 1e-2f, .weight_decay = 0.1f}).value();
+  oa->Step(scale);
+  ob->Step();
   for (int s = 0; s < a->num_stages(); ++s) {
     const core::Tensor& pa = a->block(s).params();
     const core::Tensor& pb = b->block(s).params();
@@ -227,8 +272,7 @@ TEST(StateBytesTest, LionKeepsOneTensorAndHalvesItInBf16) {
   for (int s = 0; s < model->num_stages(); ++s) params += model->block(s).numel();
   EXPECT_EQ(AdamW::Create(model.get(), {}).value()->state_bytes(), 8 * params);
   EXPECT_EQ(Lion::Create(model.get(), {}).value()->state_bytes(), 4 * params);
-  EXPECT_EQ(Lion::Create(model.get(), {}, /*bf16_momentum=*/true).value()->state_bytes(),
-            2 * params);
+  EXPECT_EQ(Lion::Create(model.get(), {.bf16_momentum = true}).value()->state_bytes(), 2 * params);
   EXPECT_EQ(Sgd::Create(model.get(), {}).value()->state_bytes(), 0);
   EXPECT_EQ(Sgd::Create(model.get(), {.momentum = 0.9f}).value()->state_bytes(), 4 * params);
 }

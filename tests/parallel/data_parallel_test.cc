@@ -58,7 +58,7 @@ RunResult Train(Communicator* comm, const core::TokenFile& tokens, int b, int ac
   auto loader = core::DataLoader::Create(&tokens, b, T, comm->rank(), comm->size()).value();
   std::unique_ptr<optim::Optimizer> opt;
   if (which == Opt::kAdamW) {
-    opt = optim::AdamW::Create(model.get(), {.weight_decay = 0.1f}).value();
+    opt = optim::AdamW::Create(model.get(), {.lr = 1e-3f, .weight_decay = 0.1f}).value();
   } else {
     opt = optim::Lion::Create(model.get(), {.lr = 1e-3f, .weight_decay = 0.3f}).value();
   }
@@ -88,7 +88,7 @@ RunResult Train(Communicator* comm, const core::TokenFile& tokens, int b, int ac
     if (clip > 0) {
       EXPECT_GT(norm, clip) << "the test should exercise clipping";
     }
-    opt->Step(1e-3f, optim::ClipScale(norm, clip));
+    opt->Step(optim::ClipScale(norm, clip));
   }
   const int64_t C = model->config().n_embd;
   for (int s = 0; s < model->num_stages(); ++s) {

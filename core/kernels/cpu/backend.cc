@@ -85,6 +85,25 @@ class CpuBackend final : public Backend {
     cpu::EmbeddingBackward(dwte, dwpe, dout, tokens, B, T, C, pos_offset);
   }
 
+  void AdamWUpdate(const ExecContext&, float* params, const float* grads, float* m, float* v,
+                   int64_t n, const AdamWCoeffs& c, float grad_scale,
+                   const uint8_t* mask) override {
+    cpu::AdamWUpdate(params, grads, m, v, n, c, grad_scale, mask);
+  }
+  void LionUpdate(const ExecContext&, float* params, const float* grads, float* m, int64_t n,
+                  const LionCoeffs& c, float grad_scale, const uint8_t* mask) override {
+    cpu::LionUpdate(params, grads, m, n, c, grad_scale, mask);
+  }
+  void LionUpdateBf16(const ExecContext&, float* params, const float* grads, uint16_t* m,
+                      int64_t n, const LionCoeffs& c, float grad_scale,
+                      const uint8_t* mask) override {
+    cpu::LionUpdateBf16(params, grads, m, n, c, grad_scale, mask);
+  }
+  void SgdUpdate(const ExecContext&, float* params, const float* grads, float* buf, int64_t n,
+                 const SgdCoeffs& c, float grad_scale, const uint8_t* mask) override {
+    cpu::SgdUpdate(params, grads, buf, n, c, grad_scale, mask);
+  }
+
   double Sum(const ExecContext&, const float* x, int64_t n) override {
     double s = 0.0;
 #pragma omp parallel for reduction(+ : s) schedule(static)

@@ -10,6 +10,8 @@
 
 #include <cstdint>
 
+#include "core/backend.h"
+
 namespace memtrain::core::cpu {
 
 // ---- matrix product (linear layer) ----------------------------------------------------------
@@ -74,56 +76,36 @@ void ResidualForward(float* out, const float* a, const float* b, int64_t n);
 void AddInPlace(float* y, const float* x, int64_t n);
 
 // ---- optimizers: one fused pass over (params, grads, state) of n elements --------------------
+// The kernels take the numbers of one step (hyperparameters and their validation live in optim/).
 // grad_scale multiplies every gradient first (global-norm clipping folded into the update).
-enum class AdamWVariant {
-  kPyTorch,  // theta *= 1 - lr*wd, then theta -= lr * m_hat / (sqrt(v_hat) + eps)
-  kLlmc,     // theta -= lr * (m_hat / (sqrt(v_hat) + eps) + wd * theta)
-};
-struct AdamWHyper {
-  float lr = 1e-3f;
-  float beta1 = 0.9f;
-  float beta2 = 0.999f;
-  float eps = 1e-8f;
-  float weight_decay = 0.0f;
-  int64_t step = 1;  // 1-based, for bias correction
-  AdamWVariant variant = AdamWVariant::kPyTorch;
-};
+// mask (n bytes) may be null; where it is 0, the parameter and its state are left exactly 0
+// (pruned weights stay 0, their state does not grow); elsewhere the result is bit for bit that of
+// the call without a mask. A masked call adds one pass that zeroes the pruned entries; calls
+// without a mask run the plain loop.
+
+// AdamW: m = beta1*m + (1-beta1)*g; v = beta2*v + (1-beta2)*g^2;
+//   PyTorch's order: theta *= 1 - lr*wd, then theta -= lr * m_hat / (sqrt(v_hat) + eps);
+//   llm.c's order:   theta -= lr * (m_hat / (sqrt(v_hat) + eps) + wd * theta).
+using core::AdamWCoeffs;
+using core::LionCoeffs;
+using core::SgdCoeffs;
+
 void AdamWUpdate(float* params, const float* grads, float* m, float* v, int64_t n,
-                 const AdamWHyper& h, float grad_scale = 1.0f);
+                 const AdamWCoeffs& c, float grad_scale = 1.0f, const uint8_t* mask = nullptr);
 
 // Lion (Chen et al. 2023) and Lion-K: theta *= 1 - lr*wd; c = beta1*m + (1-beta1)*g;
-// theta -= lr * dK(c); m = beta2*m + (1-beta2)*g.
-enum class LionDirection {
-  kSign,  // K = L1 norm: dK = sign, sign(0) = 0 (Lion)
-  kTanh,  // K = tau * sum log cosh(c / tau): dK = tanh(c / tau), a smooth sign
-};
-struct LionHyper {
-  float lr = 1e-4f;
-  float beta1 = 0.9f;
-  float beta2 = 0.99f;
-  float weight_decay = 0.0f;
-  LionDirection direction = LionDirection::kSign;
-  float tau = 1e-3f;  // for kTanh
-};
+// theta -= lr * dK(c); m = beta2*m + (1-beta2)*g. dK = sign (sign(0) = 0), or tanh(c / tau).
 // m (n) in fp32, or in bf16 (round to nearest even on every store) for half the state memory.
-void LionUpdate(float* params, const float* grads, float* m, int64_t n, const LionHyper& h,
-                float grad_scale = 1.0f);
-void LionUpdateBf16(float* params, const float* grads, uint16_t* m, int64_t n, const LionHyper& h,
-                    float grad_scale = 1.0f);
+void LionUpdate(float* params, const float* grads, float* m, int64_t n, const LionCoeffs& c,
+                float grad_scale = 1.0f, const uint8_t* mask = nullptr);
+void LionUpdateBf16(float* params, const float* grads, uint16_t* m, int64_t n, const LionCoeffs& c,
+                    float grad_scale = 1.0f, const uint8_t* mask = nullptr);
 
 // SGD with torch.optim.SGD's semantics: g += wd*theta; buf = g on the first step, else
 // momentum*buf + (1-dampening)*g; g = nesterov ? g + momentum*buf : buf; theta -= lr*g.
-struct SgdHyper {
-  float lr = 1e-2f;
-  float momentum = 0.0f;
-  float dampening = 0.0f;
-  float weight_decay = 0.0f;
-  bool nesterov = false;
-  int64_t step = 1;  // 1-based; step 1 initialises the buffer
-};
 // buf (n) may be null when momentum == 0.
-void SgdUpdate(float* params, const float* grads, float* buf, int64_t n, const SgdHyper& h,
-               float grad_scale = 1.0f);
+void SgdUpdate(float* params, const float* grads, float* buf, int64_t n, const SgdCoeffs& c,
+               float grad_scale = 1.0f, const uint8_t* mask = nullptr);
 
 // sum of x^2 (n), accumulated in double across blocks: one read, no temporaries.
 double SquaredNorm(const float* x, int64_t n);

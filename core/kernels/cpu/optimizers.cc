@@ -8,12 +8,28 @@
 
 namespace memtrain::core::cpu {
 
+namespace {
+
+// The second pass of a masked update: x = 0 wherever mask == 0, for each array x (n elements).
+// The update itself runs unchanged before it, so kept weights are bit for bit those of an update
+// without a mask (a select fused into the update loops changes how gcc contracts multiply-adds,
+// which moves kept weights by an ulp); the pass costs time only on masked blocks.
+template <typename... T>
+void ZeroPruned(const uint8_t* mask, int64_t n, T*... x) {
+#pragma omp parallel for simd schedule(static)
+  for (int64_t i = 0; i < n; ++i) {
+    const bool keep = mask[i] != 0;
+    ((x[i] = keep ? x[i] : T(0)), ...);
+  }
+}
+
+}  // namespace
+
 void AdamWUpdate(float* params, const float* grads, float* m, float* v, int64_t n,
-                 const AdamWHyper& h, float grad_scale) {
-  const float b1 = h.beta1, b2 = h.beta2, lr = h.lr, eps = h.eps, wd = h.weight_decay;
-  const float bc1 = 1.0f - std::pow(b1, static_cast<float>(h.step));
-  const float bc2 = 1.0f - std::pow(b2, static_cast<float>(h.step));
-  const bool pytorch = h.variant == AdamWVariant::kPyTorch;
+                 const AdamWCoeffs& c, float grad_scale, const uint8_t* mask) {
+  const float b1 = c.beta1, b2 = c.beta2, lr = c.lr, eps = c.eps, wd = c.weight_decay;
+  const float bc1 = c.bias_correction1, bc2 = c.bias_correction2;
+  const bool pytorch = !c.llmc_order;
   // PyTorch: theta * (1 - lr*wd) - (lr/bc1) * m / (sqrt(v)/sqrt(bc2) + eps).
   // llm.c:   theta - lr * (m_hat / (sqrt(v_hat) + eps) + wd * theta). Same math, other rounding.
   const float step_size = lr / bc1, bc2_sqrt = std::sqrt(bc2), decay = 1.0f - lr * wd;
@@ -28,22 +44,23 @@ void AdamWUpdate(float* params, const float* grads, float* m, float* v, int64_t 
                     ? params[i] * decay - step_size * mi / (std::sqrt(vi) / bc2_sqrt + eps)
                     : params[i] - lr * (mi / bc1 / (std::sqrt(vi / bc2) + eps) + wd * params[i]);
   }
+  if (mask != nullptr) ZeroPruned(mask, n, params, m, v);
 }
 
 namespace {
 
 // The Lion-K direction: sign (K = L1 norm; sign(0) = 0) or tanh(c / tau) (K = tau * sum log cosh).
-template <LionDirection kDir>
+template <bool kTanh>
 inline float Direction(float c, float inv_tau) {
-  if constexpr (kDir == LionDirection::kSign) {
+  if constexpr (!kTanh) {
     return static_cast<float>((c > 0.0f) - (c < 0.0f));
   } else {
     return FastTanh(c * inv_tau);
   }
 }
 
-template <LionDirection kDir, typename MomentLoad, typename MomentStore>
-void LionLoop(float* params, const float* grads, int64_t n, const LionHyper& h, float grad_scale,
+template <bool kTanh, typename MomentLoad, typename MomentStore>
+void LionLoop(float* params, const float* grads, int64_t n, const LionCoeffs& h, float grad_scale,
               MomentLoad load, MomentStore store) {
   const float b1 = h.beta1, b2 = h.beta2, lr = h.lr, decay = 1.0f - h.lr * h.weight_decay;
   const float inv_tau = 1.0f / h.tau;
@@ -52,41 +69,43 @@ void LionLoop(float* params, const float* grads, int64_t n, const LionHyper& h, 
     const float g = grads[i] * grad_scale;
     const float m = load(i);
     const float c = b1 * m + (1.0f - b1) * g;  // the old momentum steers the update
-    params[i] = params[i] * decay - lr * Direction<kDir>(c, inv_tau);
+    params[i] = params[i] * decay - lr * Direction<kTanh>(c, inv_tau);
     store(i, b2 * m + (1.0f - b2) * g);
   }
 }
 
 template <typename MomentLoad, typename MomentStore>
-void LionDispatch(float* params, const float* grads, int64_t n, const LionHyper& h,
+void LionDispatch(float* params, const float* grads, int64_t n, const LionCoeffs& h,
                   float grad_scale, MomentLoad load, MomentStore store) {
-  if (h.direction == LionDirection::kSign) {
-    LionLoop<LionDirection::kSign>(params, grads, n, h, grad_scale, load, store);
+  if (!h.tanh_direction) {
+    LionLoop<false>(params, grads, n, h, grad_scale, load, store);
   } else {
-    LionLoop<LionDirection::kTanh>(params, grads, n, h, grad_scale, load, store);
+    LionLoop<true>(params, grads, n, h, grad_scale, load, store);
   }
 }
 
 }  // namespace
 
-void LionUpdate(float* params, const float* grads, float* m, int64_t n, const LionHyper& h,
-                float grad_scale) {
+void LionUpdate(float* params, const float* grads, float* m, int64_t n, const LionCoeffs& h,
+                float grad_scale, const uint8_t* mask) {
   LionDispatch(
       params, grads, n, h, grad_scale, [m](int64_t i) { return m[i]; },
       [m](int64_t i, float x) { m[i] = x; });
+  if (mask != nullptr) ZeroPruned(mask, n, params, m);
 }
 
-void LionUpdateBf16(float* params, const float* grads, uint16_t* m, int64_t n, const LionHyper& h,
-                    float grad_scale) {
+void LionUpdateBf16(float* params, const float* grads, uint16_t* m, int64_t n, const LionCoeffs& h,
+                    float grad_scale, const uint8_t* mask) {
   LionDispatch(
       params, grads, n, h, grad_scale, [m](int64_t i) { return Bf16ToFloat(m[i]); },
       [m](int64_t i, float x) { m[i] = FloatToBf16(x); });
+  if (mask != nullptr) ZeroPruned(mask, n, params, m);  // bf16 0 is the bits 0
 }
 
-void SgdUpdate(float* params, const float* grads, float* buf, int64_t n, const SgdHyper& h,
-               float grad_scale) {
+void SgdUpdate(float* params, const float* grads, float* buf, int64_t n, const SgdCoeffs& h,
+               float grad_scale, const uint8_t* mask) {
   const float lr = h.lr, mu = h.momentum, damp = 1.0f - h.dampening, wd = h.weight_decay;
-  const bool first = h.step == 1;
+  const bool first = h.first_step;
 #pragma omp parallel for simd schedule(static)
   for (int64_t i = 0; i < n; ++i) {
     float g = grads[i] * grad_scale + wd * params[i];  // L2 penalty, as torch.optim.SGD
@@ -96,6 +115,12 @@ void SgdUpdate(float* params, const float* grads, float* buf, int64_t n, const S
       g = h.nesterov ? g + mu * b : b;
     }
     params[i] -= lr * g;
+  }
+  if (mask == nullptr) return;
+  if (mu != 0.0f) {
+    ZeroPruned(mask, n, params, buf);
+  } else {
+    ZeroPruned(mask, n, params);
   }
 }
 

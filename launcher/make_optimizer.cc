@@ -1,0 +1,64 @@
+#include "launcher/make_optimizer.h"
+
+#include "launcher/field_names.h"
+
+namespace memtrain::launcher {
+
+optim::AdamWConfig ToAdamWConfig(const AdamW& a) {
+  return {.lr = a.lr(),
+          .beta1 = a.beta1(),
+          .beta2 = a.beta2(),
+          .eps = a.eps(),
+          .weight_decay = a.weight_decay(),
+          .variant = a.variant() == AdamW::LLMC ? optim::AdamWVariant::kLlmc
+                                                : optim::AdamWVariant::kPyTorch};
+}
+
+optim::LionConfig ToLionConfig(const Lion& l) {
+  return {
+      .lr = l.lr(),
+      .beta1 = l.beta1(),
+      .beta2 = l.beta2(),
+      .weight_decay = l.weight_decay(),
+      .direction = l.k() == Lion::TANH ? optim::LionDirection::kTanh : optim::LionDirection::kSign,
+      .tau = l.tau(),
+      .bf16_momentum = l.momentum_dtype() == Lion::BF16};
+}
+
+optim::SgdConfig ToSgdConfig(const Sgd& g) {
+  return {.lr = g.lr(),
+          .momentum = g.momentum(),
+          .dampening = g.dampening(),
+          .weight_decay = g.weight_decay(),
+          .nesterov = g.nesterov()};
+}
+
+absl::Status ValidateOptimizerSpec(const Optimizer& spec) {
+  if (spec.has_lion()) return ToJobSpecNames(ToLionConfig(spec.lion()).Validate());
+  if (spec.has_sgd()) return ToJobSpecNames(ToSgdConfig(spec.sgd()).Validate());
+  return ToJobSpecNames(ToAdamWConfig(spec.adamw()).Validate());
+}
+
+absl::StatusOr<std::unique_ptr<optim::Optimizer>> MakeOptimizer(const Optimizer& spec,
+                                                                core::Model* model) {
+  optim::DecayPolicy decay{.decay_1d = spec.decay_1d(),
+                           .no_decay = {spec.no_decay().begin(), spec.no_decay().end()}};
+  absl::StatusOr<std::unique_ptr<optim::Optimizer>> opt;
+  if (spec.has_lion()) {
+    opt = optim::Lion::Create(model, ToLionConfig(spec.lion()), decay);
+  } else if (spec.has_sgd()) {
+    opt = optim::Sgd::Create(model, ToSgdConfig(spec.sgd()), decay);
+  } else {
+    opt = optim::AdamW::Create(model, ToAdamWConfig(spec.adamw()), decay);
+  }
+  if (!opt.ok()) return ToJobSpecNames(opt.status());
+  return opt;
+}
+
+float PeakLr(const Optimizer& spec) {
+  if (spec.has_lion()) return spec.lion().lr();
+  if (spec.has_sgd()) return spec.sgd().lr();
+  return spec.adamw().lr();
+}
+
+}  // namespace memtrain::launcher

@@ -1,0 +1,38 @@
+// The optimizer a job spec's `optimizer` section asks for, and its validation: the spec is turned
+// into the optimizer's own config (optim::AdamWConfig, LionConfig, SgdConfig), so a job-spec user
+// and an API user meet the same rules and messages (the C++ field names mapped to spec paths).
+//
+//   MT_RETURN_IF_ERROR(ValidateOptimizerSpec(job.optimizer()));        // in ValidateJob
+//   MT_ASSIGN_OR_RETURN(auto opt, MakeOptimizer(job.optimizer(), model));
+//   opt->set_lr(schedule.At(step)); opt->Step(scale);                 // lr() starts at PeakLr
+#ifndef MEMTRAIN_LAUNCHER_MAKE_OPTIMIZER_H_
+#define MEMTRAIN_LAUNCHER_MAKE_OPTIMIZER_H_
+
+#include <memory>
+
+#include "absl/status/statusor.h"
+#include "core/engine.h"
+#include "launcher/job.pb.h"
+#include "optim/adamw.h"
+#include "optim/lion.h"
+#include "optim/sgd.h"
+
+namespace memtrain::launcher {
+
+optim::AdamWConfig ToAdamWConfig(const AdamW& spec);
+optim::LionConfig ToLionConfig(const Lion& spec);
+optim::SgdConfig ToSgdConfig(const Sgd& spec);
+
+// The chosen optimizer's config Validate(), with job-spec field names. Expects a filled spec.
+absl::Status ValidateOptimizerSpec(const Optimizer& spec);
+
+// Lion, SGD or (the default) AdamW over `model`; errors name job-spec fields.
+absl::StatusOr<std::unique_ptr<optim::Optimizer>> MakeOptimizer(const Optimizer& spec,
+                                                                core::Model* model);
+
+// The peak learning rate of the schedule: the chosen optimizer's lr.
+float PeakLr(const Optimizer& spec);
+
+}  // namespace memtrain::launcher
+
+#endif  // MEMTRAIN_LAUNCHER_MAKE_OPTIMIZER_H_
