@@ -5,6 +5,7 @@
 #define MEMTRAIN_LAUNCHER_TRAIN_H_
 
 #include <cstdint>
+#include <string>
 #include <vector>
 
 #include "absl/status/status.h"
@@ -15,7 +16,10 @@
 namespace memtrain::launcher {
 
 struct TrainOptions {
-  bool resume = false;     // continue from checkpoint.dir/latest
+  bool resume = false;  // continue from checkpoint.dir/latest
+  // Continue from this checkpoint folder (dir/step_NNNNNNNN) instead, e.g. when the newest one is
+  // damaged; implies `resume`.
+  std::string resume_from{};
   int64_t stop_after = 0;  // end the run after this step (with a checkpoint), as a preemption
   bool quiet = false;      // no progress output (metrics are still written)
   // Extra engine hooks for a C++ caller (logging, custom gradient policies), not owned. They are
