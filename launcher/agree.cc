@@ -3,6 +3,7 @@
 #include <elf.h>
 #include <link.h>
 
+#include <algorithm>
 #include <cstring>
 #include <string>
 #include <vector>
@@ -19,14 +20,20 @@ namespace memtrain::launcher {
 namespace pb = google::protobuf;
 
 absl::Status AgreeOnStatus(parallel::Communicator* comm, const absl::Status& local) {
-  const int32_t mine = static_cast<int32_t>(local.code());
-  std::vector<int32_t> all(comm->size());
-  absl::Status s = comm->AllGather(&mine, all.data(), 1, core::DType::kI32).Wait();
+  int stop = 0;
+  return AgreeOnStatus(comm, local, &stop);
+}
+
+absl::Status AgreeOnStatus(parallel::Communicator* comm, const absl::Status& local, int* stop) {
+  const int32_t mine[2] = {static_cast<int32_t>(local.code()), *stop};
+  std::vector<int32_t> all(2 * comm->size());
+  absl::Status s = comm->AllGather(mine, all.data(), 2, core::DType::kI32).Wait();
   if (!s.ok()) return local.ok() ? s : local;
+  for (int r = 0; r < comm->size(); ++r) *stop = std::max(*stop, all[2 * r + 1]);
   for (int r = 0; r < comm->size(); ++r) {
-    if (all[r] == 0) continue;
+    if (all[2 * r] == 0) continue;
     if (r == comm->rank()) return local;
-    return absl::Status(static_cast<absl::StatusCode>(all[r]), "");
+    return absl::Status(static_cast<absl::StatusCode>(all[2 * r]), "");
   }
   return absl::OkStatus();
 }

@@ -17,6 +17,9 @@
 namespace memtrain::launcher {
 
 absl::Status AgreeOnStatus(parallel::Communicator* comm, const absl::Status& local);
+// The same collective, also agreeing on a stop request: on return `*stop` (this rank's signal
+// number, or 0) is the largest over the ranks, so every rank stops after the same step.
+absl::Status AgreeOnStatus(parallel::Communicator* comm, const absl::Status& local, int* stop);
 
 // The first collective of a job: AgreeOnStatus, and then that every rank runs the same build (the
 // program's GNU build id), was given the same `options` (a canonical text of the command-line

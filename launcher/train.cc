@@ -1,10 +1,17 @@
 #include "launcher/train.h"
 
+#include <signal.h>
+#include <unistd.h>
+
+#include <atomic>
 #include <chrono>
+#include <csignal>
 #include <memory>
 #include <optional>
 #include <string>
 
+#include "absl/strings/cord.h"
+#include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "checkpoint/checkpoint.h"
@@ -18,7 +25,42 @@ namespace memtrain::launcher {
 
 namespace {
 using Clock = std::chrono::steady_clock;
+
+constexpr char kSignalPayload[] = "memtrain/stop-signal";
+std::atomic<int> stop_signal{0};
+bool announce_stop = false;
+
+void OnStopSignal(int sig) {
+  if (stop_signal.exchange(sig) != 0) {  // the second one: at once
+    std::signal(sig, SIG_DFL);
+    std::raise(sig);
+    return;
+  }
+  if (announce_stop) {
+    constexpr char kMessage[] =
+        "\ntrainer: stop requested: finishing the step and saving a checkpoint (signal again to "
+        "stop at once)\n";
+    [[maybe_unused]] ssize_t n = write(STDERR_FILENO, kMessage, sizeof kMessage - 1);
+  }
+}
+
 }  // namespace
+
+void InstallStopHandlers(bool announce) {
+  announce_stop = announce;
+  struct sigaction sa = {};
+  sa.sa_handler = OnStopSignal;
+  sigemptyset(&sa.sa_mask);
+  sa.sa_flags = SA_RESTART;
+  sigaction(SIGTERM, &sa, nullptr);
+  sigaction(SIGINT, &sa, nullptr);
+}
+
+int StopSignal(const absl::Status& s) {
+  absl::optional<absl::Cord> p = s.GetPayload(kSignalPayload);
+  int sig = 0;
+  return p && absl::SimpleAtoi(std::string(*p), &sig) ? sig : 0;
+}
 
 absl::Status RunTraining(const Job& job, const TrainOptions& options,
                          parallel::Communicator* world) {
@@ -98,8 +140,11 @@ absl::Status RunTraining(const Job& job, const TrainOptions& options,
     const float lr = lr_at.At(step);
     const bool log = rank == 0 && ((step + 1) % t.log_every() == 0 || step + 1 == last_step);
     absl::StatusOr<StepResult> stepped = strategy->Step(step, lr, log);
-    // A failed metrics write on rank 0 (the previous step's lines) stops every rank here too.
-    MT_RETURN_IF_ERROR(AgreeOnStatus(world, !stepped.ok() ? stepped.status() : report.status()));
+    // A failed metrics write on rank 0 (the previous step's lines) stops every rank here too, and
+    // a stop signal on any rank makes every rank stop after this step.
+    int stop = stop_signal.load();
+    MT_RETURN_IF_ERROR(
+        AgreeOnStatus(world, !stepped.ok() ? stepped.status() : report.status(), &stop));
     const StepResult& result = *stepped;
     s.state.step = step + 1;
     const double dt = std::chrono::duration<double>(Clock::now() - t0).count();
@@ -167,6 +212,7 @@ absl::Status RunTraining(const Job& job, const TrainOptions& options,
       }
     }
     const bool final_step = step + 1 == last_step;
+    const bool stopping = stop != 0 && !final_step;
     if (s.val && ((t.eval_every() > 0 && (step + 1) % t.eval_every() == 0) || final_step)) {
       MT_ASSIGN_OR_RETURN(double val, evaluate());
       if (rank == 0) {
@@ -174,7 +220,8 @@ absl::Status RunTraining(const Job& job, const TrainOptions& options,
         report.Line(absl::StrFormat("step %d/%d | val_loss %.4f", step + 1, t.steps(), val));
       }
     }
-    if (!c.dir().empty() && ((c.every() > 0 && (step + 1) % c.every() == 0) || final_step)) {
+    if (!c.dir().empty() &&
+        ((c.every() > 0 && (step + 1) % c.every() == 0) || final_step || stopping)) {
       // Rank 0 saves; a metrics write error stops the run before the save.
       absl::Status saved = rank != 0 ? absl::OkStatus()
                            : !report.status().ok()
@@ -185,6 +232,26 @@ absl::Status RunTraining(const Job& job, const TrainOptions& options,
         report.Line(absl::StrFormat("step %d/%d | checkpoint %s/step_%08d", step + 1, t.steps(),
                                     c.dir(), step + 1));
       }
+    }
+    if (stopping) {
+      const std::string name = stop == SIGINT ? "SIGINT" : stop == SIGTERM ? "SIGTERM" : "signal";
+      if (rank == 0) {
+        report.Json(absl::StrFormat(
+            R"({"event": "stopped", "step": %d, "signal": "%s", "skipped_steps": %d})", step + 1,
+            name, skipped));
+      }
+      MT_RETURN_IF_ERROR(AgreeOnStatus(world, rank == 0 ? report.Close() : absl::OkStatus()));
+      absl::Status stopped = absl::CancelledError(
+          rank != 0 ? ""
+                    : absl::StrFormat(
+                          "stopped by %s after step %d of %d; %s", name, step + 1, t.steps(),
+                          c.dir().empty()
+                              ? "no checkpoint was saved (checkpoint.dir is empty)"
+                              : absl::StrFormat("checkpoint %s/step_%08d saved: continue with "
+                                                "--resume",
+                                                c.dir(), step + 1)));
+      stopped.SetPayload(kSignalPayload, absl::Cord(absl::StrCat(stop)));
+      return stopped;
     }
   }
   if (rank == 0) {

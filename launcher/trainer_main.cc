@@ -7,7 +7,7 @@
 //   trainer export CHECKPOINT OUT.bin
 //
 // Exit codes: 0 done; 2 bad input (usage, job spec, files), nothing written; 1 failure while
-// running.
+// running; 128 + N stopped by signal N (SIGTERM, SIGINT) after a step, with a checkpoint.
 #include <cstdio>
 #include <cstring>
 #include <optional>
@@ -44,6 +44,7 @@ train options:
   --resume_from FOLDER     continue from this checkpoint folder (checkpoint.dir/step_NNNNNNNN),
                            e.g. an older one when the newest is damaged
   --stop_after N           end the run after step N, saving a checkpoint (as if preempted)
+                           (SIGTERM or SIGINT do the same after the current step; exit 128+N)
   --quiet                  no progress output (metrics are still written)
 
 sample options:
@@ -145,8 +146,12 @@ int RunJob(const std::vector<std::string>& args) {
     std::printf("# %s: valid for %d rank(s). Effective spec:\n%s", path.c_str(), (*world)->size(),
                 JobToText(*job).c_str());
   }
-  if (agreed.ok() && !check) agreed = RunTraining(*job, options, world->get());
-  const int code = Report(agreed);
+  if (agreed.ok() && !check) {
+    InstallStopHandlers(/*announce=*/(*world)->rank() == 0);
+    agreed = RunTraining(*job, options, world->get());
+  }
+  int code = Report(agreed);
+  if (const int sig = StopSignal(agreed); sig != 0) code = 128 + sig;  // as a shell reports it
   world->reset();
   parallel::ShutdownCommunication();
   return code;

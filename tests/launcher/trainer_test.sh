@@ -13,6 +13,8 @@
 #             checkpoint folder is left, --set with a bad value prints one clean message
 #   ranks     ranks started with another job, options or build stop at once with exit 2
 #   damaged   `latest` with a newline; a damaged newest checkpoint names --resume_from, which works
+#   signals   SIGTERM mid-run (one process, and both ranks of mpirun -np 2): a checkpoint after the
+#             step, exit 143, and --resume ends bit-identical to an uninterrupted run
 # Usage: trainer_test.sh BUILD_DIR SOURCE_DIR CASE
 set -u
 BUILD=$1 SRC=$2 CASE=$3
@@ -330,6 +332,50 @@ damaged)
   out=$($TRAINER "$JOB" "${DATA[@]}" --quiet --resume_from "$W/d" 2>&1); rc=$?
   [ $rc = 2 ] && echo "$out" | grep -q "not a checkpoint folder" || fail "--resume_from dir: $out"
   echo "damaged: latest with a newline loads; --resume_from resumes from an older checkpoint"
+  ;;
+signals)
+  # wait_step FILE N: until the metrics file has reached step N (at most ~20 s).
+  wait_step() {
+    for _ in $(seq 400); do grep -q "\"step\": $2," "$1" 2>/dev/null && return 0; sleep 0.05; done
+    fail "never reached step $2"
+  }
+  S=(--quiet --set train.steps=400 --set train.eval_every=100)
+  $TRAINER "$JOB" "${DATA[@]}" "${S[@]}" --set checkpoint.dir="$W/u" --set output.metrics="$W/u.jsonl" \
+    || fail "uninterrupted run"
+  $TRAINER "$JOB" "${DATA[@]}" "${S[@]}" --set checkpoint.dir="$W/i" \
+    --set output.metrics="$W/i.jsonl" & pid=$!
+  wait_step "$W/i.jsonl" 30
+  kill -TERM $pid; wait $pid; rc=$?
+  [ $rc = 143 ] || fail "SIGTERM: exit $rc (want 143)"
+  stopped=$(grep -o '"event": "stopped", "step": [0-9]*' "$W/i.jsonl" | grep -o '[0-9]*$')
+  [ -n "$stopped" ] && [ "$stopped" -lt 400 ] || fail "no stop line: $(tail -2 "$W/i.jsonl")"
+  [ "$(cat "$W/i/latest")" = "$(printf step_%08d "$stopped")" ] || fail "latest: $(cat "$W/i/latest")"
+  no_tmp "$W/i"
+  $TRAINER "$JOB" "${DATA[@]}" "${S[@]}" --set checkpoint.dir="$W/i" \
+    --set output.metrics="$W/i.jsonl" --resume || fail "resume after SIGTERM"
+  diff <(losses "$W/u.jsonl") <(losses "$W/i.jsonl") || fail "metrics differ after SIGTERM"
+  for f in model.safetensors optimizer.safetensors; do
+    cmp "$W/u/step_00000400/$f" "$W/i/step_00000400/$f" || fail "$f differs after SIGTERM"
+  done
+  # Under mpirun: both ranks signalled (as a scheduler does), both stop after the same step.
+  P=(--set parallel.data=2 --set train.batch_size=1)
+  $MPIRUN -np 2 "$TRAINER" "$JOB" "${DATA[@]}" "${S[@]}" "${P[@]}" --set checkpoint.dir="$W/mu" \
+    --set output.metrics="$W/mu.jsonl" || fail "uninterrupted 2-rank run"
+  $MPIRUN -np 2 "$TRAINER" "$JOB" "${DATA[@]}" "${S[@]}" "${P[@]}" --set checkpoint.dir="$W/mi" \
+    --set output.metrics="$W/mi.jsonl" & mpid=$!
+  wait_step "$W/mi.jsonl" 30
+  ranks=$(pgrep -P $mpid)
+  [ -n "$ranks" ] || fail "no ranks under mpirun"
+  kill -TERM $ranks; wait $mpid; rc=$?
+  [ $rc != 0 ] || fail "mpirun exit 0 after SIGTERM"
+  grep -q '"event": "stopped"' "$W/mi.jsonl" || fail "2 ranks: no stop line"
+  $MPIRUN -np 2 "$TRAINER" "$JOB" "${DATA[@]}" "${S[@]}" "${P[@]}" --set checkpoint.dir="$W/mi" \
+    --set output.metrics="$W/mi.jsonl" --resume || fail "2 ranks: resume after SIGTERM"
+  diff <(losses "$W/mu.jsonl") <(losses "$W/mi.jsonl") || fail "2 ranks: metrics differ"
+  for f in model.safetensors optimizer.safetensors; do
+    cmp "$W/mu/step_00000400/$f" "$W/mi/step_00000400/$f" || fail "2 ranks: $f differs"
+  done
+  echo "signals: SIGTERM saves after the step and exits 143; resuming is bit-identical"
   ;;
 *) fail "unknown case $CASE" ;;
 esac
