@@ -2,16 +2,22 @@
 
 #include <dirent.h>
 #include <fcntl.h>
+#include <signal.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
 #include <algorithm>
+#include <cerrno>
+#include <cmath>
+#include <cstring>
 #include <filesystem>
 #include <fstream>
 #include <sstream>
 #include <vector>
 
+#include "absl/strings/ascii.h"
 #include "absl/strings/match.h"
+#include "absl/strings/numbers.h"
 #include "absl/strings/str_format.h"
 #include "core/file_util.h"
 #include "core/llmc.h"
@@ -59,6 +65,80 @@ Json ConfigJson(const core::GPT2Config& c) {
 
 std::string StepName(int64_t step) { return absl::StrFormat("step_%08d", step); }
 
+// "step_" and 8 digits: a checkpoint folder's name (not a temporary or an .old one).
+bool IsStepName(const std::string& n) {
+  if (n.size() != 13 || !absl::StartsWith(n, "step_")) return false;
+  return std::all_of(n.begin() + 5, n.end(), [](char c) { return c >= '0' && c <= '9'; });
+}
+
+// The index of the first NaN or infinity in `t` (f32 or bf16 on the host), or -1.
+int64_t FirstNonFinite(const core::Tensor& t) {
+  if (!t.defined() || t.device().type != core::DeviceType::kCpu) return -1;
+  if (t.dtype() == core::DType::kF32) {
+    const float* p = t.f32();
+    for (int64_t i = 0; i < t.numel(); ++i) {
+      if (!std::isfinite(p[i])) return i;
+    }
+  } else if (t.dtype() == core::DType::kBF16) {
+    const uint16_t* p = static_cast<const uint16_t*>(t.raw());
+    for (int64_t i = 0; i < t.numel(); ++i) {
+      if ((p[i] & 0x7f80u) == 0x7f80u) return i;  // exponent all ones: inf or NaN
+    }
+  }
+  return -1;
+}
+
+struct Saved {
+  std::string name;    // step_NNNNNNNN
+  int64_t serial = 0;  // write order in the folder; 0 = unknown (written before serials existed)
+  int64_t step = 0;
+};
+
+// The checkpoint folders in `dir`, newest written first: by the serial in their state.json, then
+// (for folders without one) by step.
+std::vector<Saved> SavedCheckpoints(const std::string& dir) {
+  std::vector<Saved> out;
+  std::error_code ec;
+  for (const auto& e : fs::directory_iterator(dir, ec)) {
+    const std::string n = e.path().filename().string();
+    if (!IsStepName(n) || !e.is_directory(ec)) continue;
+    Saved s{.name = n};
+    absl::SimpleAtoi(n.substr(5), &s.step);
+    absl::StatusOr<std::string> text = ReadWholeFile(e.path().string() + "/state.json");
+    if (text.ok()) {
+      Json m = Json::parse(*text, nullptr, false);
+      if (m.is_object() && m.contains("serial") && m["serial"].is_number_integer()) {
+        s.serial = m["serial"].get<int64_t>();
+      }
+    }
+    out.push_back(s);
+  }
+  std::sort(out.begin(), out.end(), [](const Saved& a, const Saved& b) {
+    return a.serial != b.serial ? a.serial > b.serial : a.step > b.step;
+  });
+  return out;
+}
+
+// What <dir>/latest names (surrounding whitespace removed), or "" if it cannot be read.
+std::string LatestName(const std::string& dir) {
+  absl::StatusOr<std::string> name = ReadWholeFile(dir + "/latest");
+  return name.ok() ? std::string(absl::StripAsciiWhitespace(*name)) : "";
+}
+
+// Removes `path` (a temporary folder) when it goes out of scope, unless released.
+class RemoveOnExit {
+ public:
+  explicit RemoveOnExit(std::string path) : path_(std::move(path)) {}
+  ~RemoveOnExit() {
+    std::error_code ec;
+    if (!path_.empty()) fs::remove_all(path_, ec);
+  }
+  void Release() { path_.clear(); }
+
+ private:
+  std::string path_;
+};
+
 }  // namespace
 
 absl::Status SaveCheckpoint(const std::string& dir, int keep, const TrainState& state,
@@ -71,10 +151,34 @@ absl::Status SaveCheckpoint(const std::string& dir, int keep, const TrainState& 
   }
   const std::string name = StepName(state.step);
   const std::string final_dir = dir + "/" + name;
+  // A NaN or infinity never reaches a checkpoint: refuse before anything is written.
+  auto refuse_nonfinite = [&](const std::string& what, const core::Tensor& t) -> absl::Status {
+    const int64_t at = FirstNonFinite(t);
+    if (at < 0) return absl::OkStatus();
+    return absl::AbortedError(absl::StrFormat(
+        "not saving %s: %s holds a non-finite value (%g at index %d), the training diverged; "
+        "the checkpoints already in %s are left as they were",
+        final_dir, what, t.dtype() == core::DType::kF32 ? t.f32()[at] : NAN, at, dir));
+  };
+  for (const core::NamedTensor& nt : ModelTensors(model)) {
+    MT_RETURN_IF_ERROR(refuse_nonfinite("weight " + nt.name, nt.tensor));
+  }
+  for (int s = 0; s < model.num_stages(); ++s) {
+    for (const auto& [n, t] : opt.State(s)) {
+      MT_RETURN_IF_ERROR(refuse_nonfinite("optimizer state " + model.block(s).name() + "." + n, t));
+    }
+  }
+  const std::vector<Saved> before = SavedCheckpoints(dir);
+  int64_t serial = 1;
+  for (const Saved& c : before) serial = std::max(serial, c.serial + 1);
+
   const std::string tmp = absl::StrFormat("%s.tmp.%d", final_dir, getpid());
   fs::remove_all(tmp, ec);
   fs::create_directories(tmp, ec);
-  if (ec) return absl::PermissionDeniedError(absl::StrFormat("cannot create %s", tmp));
+  if (ec) {
+    return absl::PermissionDeniedError(absl::StrFormat("cannot create %s: %s", tmp, ec.message()));
+  }
+  RemoveOnExit remove_tmp(tmp);  // on any failure below, no temporary folder is left
 
   MT_ASSIGN_OR_RETURN(core::FileDigest model_digest,
                       core::WriteSafetensors(tmp + "/model.safetensors", ModelTensors(model),
@@ -94,6 +198,7 @@ absl::Status SaveCheckpoint(const std::string& dir, int keep, const TrainState& 
   files["optimizer.safetensors"] = {{"bytes", opt_digest.bytes}, {"crc32", opt_digest.crc32}};
   Json manifest = {{"format", kFormat},
                    {"step", state.step},
+                   {"serial", serial},
                    {"batches_consumed", state.batches_consumed},
                    {"optimizer_step", opt.step()},
                    {"model", ConfigJson(model.config())},
@@ -106,36 +211,92 @@ absl::Status SaveCheckpoint(const std::string& dir, int keep, const TrainState& 
   FsyncDir(tmp);
   // Replace an existing checkpoint of the same step only after the new one is complete.
   const std::string old = final_dir + ".old";
-  if (fs::exists(final_dir)) fs::rename(final_dir, old, ec);
+  if (fs::exists(final_dir)) {
+    fs::remove_all(old, ec);
+    fs::rename(final_dir, old, ec);
+    if (ec) {
+      return absl::UnavailableError(
+          absl::StrFormat("rename %s -> %s failed: %s", final_dir, old, ec.message()));
+    }
+  }
   fs::rename(tmp, final_dir, ec);
   if (ec) {
+    const std::string why = ec.message();
+    if (fs::exists(old)) fs::rename(old, final_dir, ec);  // put the previous one back
     return absl::UnavailableError(
-        absl::StrFormat("rename %s -> %s failed: %s", tmp, final_dir, ec.message()));
+        absl::StrFormat("rename %s -> %s failed: %s", tmp, final_dir, why));
   }
+  remove_tmp.Release();
   fs::remove_all(old, ec);
   FsyncDir(dir);
   MT_RETURN_IF_ERROR(core::WriteFileAtomically(dir + "/latest", [&](std::FILE* f) {
     return core::WriteAll(f, name.data(), name.size(), dir + "/latest");
   }));
-  // Keep the newest `keep` complete checkpoints.
-  std::vector<std::string> steps;
-  for (const auto& e : fs::directory_iterator(dir, ec)) {
-    const std::string n = e.path().filename().string();
-    if (e.is_directory() && absl::StartsWith(n, "step_") && n.size() == 13) steps.push_back(n);
+  // Keep the `keep` checkpoints written last (not those of the highest steps: a run that restarts
+  // lower in the same folder keeps what it writes); never the one just written or `latest`.
+  const std::string latest = LatestName(dir);
+  int kept = 0;
+  for (const Saved& c : SavedCheckpoints(dir)) {
+    if (kept < keep || c.name == name || c.name == latest) {
+      ++kept;
+      continue;
+    }
+    fs::remove_all(dir + "/" + c.name, ec);
   }
-  std::sort(steps.begin(), steps.end());
-  for (size_t i = 0; i + keep < steps.size(); ++i) fs::remove_all(dir + "/" + steps[i], ec);
   return absl::OkStatus();
 }
 
+std::vector<std::string> ListCheckpoints(const std::string& dir) {
+  std::vector<std::string> out;
+  for (const Saved& c : SavedCheckpoints(dir)) out.push_back(dir + "/" + c.name);
+  return out;
+}
+
+int RemoveStaleTemporaries(const std::string& dir) {
+  std::error_code ec;
+  int removed = 0;
+  std::vector<fs::path> olds;
+  for (const auto& e : fs::directory_iterator(dir, ec)) {
+    const std::string n = e.path().filename().string();
+    const size_t at = n.rfind(".tmp.");
+    int pid = 0;
+    if (at != std::string::npos && absl::SimpleAtoi(n.substr(at + 5), &pid) && pid > 0) {
+      // Left by a process that no longer runs (a live one may be saving right now).
+      if (pid != getpid() && kill(pid, 0) != 0 && errno == ESRCH) {
+        std::error_code rm;
+        fs::remove_all(e.path(), rm);
+        if (!rm) ++removed;
+      }
+    } else if (absl::EndsWith(n, ".old") && IsStepName(n.substr(0, n.size() - 4))) {
+      olds.push_back(e.path());
+    }
+  }
+  // step_N.old is the previous step_N while a save of the same step replaced it: if the new one
+  // is there, the old one is garbage; if not, the save died between the renames: put it back.
+  for (const fs::path& old : olds) {
+    fs::path current = old;
+    current.replace_extension();
+    std::error_code rm;
+    if (fs::exists(current, rm)) {
+      fs::remove_all(old, rm);
+    } else {
+      fs::rename(old, current, rm);
+    }
+    if (!rm) ++removed;
+  }
+  return removed;
+}
+
 absl::StatusOr<std::string> LatestCheckpoint(const std::string& dir) {
-  absl::StatusOr<std::string> name = ReadWholeFile(dir + "/latest");
-  if (!name.ok()) {
+  absl::StatusOr<std::string> text = ReadWholeFile(dir + "/latest");
+  if (!text.ok()) {
     return absl::NotFoundError(absl::StrFormat(
         "no checkpoint to resume from: %s/latest does not exist; run without --resume first", dir));
   }
-  const std::string folder = dir + "/" + *name;
-  if (!fs::is_directory(folder)) {
+  // Written without a newline, but one added by hand (echo step_N > latest) is fine.
+  const std::string name(absl::StripAsciiWhitespace(*text));
+  const std::string folder = dir + "/" + name;
+  if (name.empty() || name.find('/') != std::string::npos || !fs::is_directory(folder)) {
     return absl::DataLossError(
         absl::StrFormat("%s/latest names %s, which does not exist; remove %s/latest to start over",
                         dir, folder, dir));

@@ -18,6 +18,7 @@
 #include <memory>
 #include <optional>
 #include <string>
+#include <vector>
 
 #include "absl/status/statusor.h"
 #include "core/model/gpt2.h"
@@ -32,12 +33,25 @@ struct TrainState {
   std::string job_text;          // the effective job spec, for the record
 };
 
-// Writes <dir>/step_NNNNNNNN and updates <dir>/latest; keeps the newest `keep` checkpoints.
+// Writes <dir>/step_NNNNNNNN and updates <dir>/latest; keeps the `keep` checkpoints written last
+// (in the order they were written, not by step: a run that restarts at a lower step in the same
+// folder never loses what it wrote), never deleting the one just written. Refuses (Aborted,
+// nothing written) weights or optimizer state holding a NaN or infinity. On any error the
+// temporary folder is removed and the previous checkpoints and `latest` are as they were.
 absl::Status SaveCheckpoint(const std::string& dir, int keep, const TrainState& state,
                             core::GPT2& model, const optim::Optimizer& opt);
 
-// The newest checkpoint folder in `dir` (from <dir>/latest); NotFound if there is none.
+// The newest checkpoint folder in `dir` (from <dir>/latest, whose surrounding whitespace is
+// ignored); NotFound if there is none, DataLoss if `latest` names a folder that is not there.
 absl::StatusOr<std::string> LatestCheckpoint(const std::string& dir);
+
+// The checkpoint folders in `dir` (<dir>/step_NNNNNNNN), the last written first.
+std::vector<std::string> ListCheckpoints(const std::string& dir);
+
+// Cleans up after interrupted saves: removes temporaries (`step_N.tmp.PID`, `latest.tmp.PID`)
+// whose process is gone, and resolves `step_N.old` left between the two renames of a save that
+// replaced step_N. Returns how many entries it removed or restored.
+int RemoveStaleTemporaries(const std::string& dir);
 
 struct LoadedCheckpoint {
   std::unique_ptr<core::GPT2> model;

@@ -1,7 +1,8 @@
 // The backprop strategy: per step, `grad_accum` micro-batches of forward + backward, each block's
 // gradient all-reduced over the data x sequence group as soon as its backward is done (the last
 // micro-batch only), the loss averaged over the data ranks, the global gradient norm (for
-// clipping and the metrics), and one optimizer step.
+// clipping, the metrics and the non-finite check), and one optimizer step unless the loss or the
+// norm is NaN or infinite.
 #include <chrono>
 #include <cmath>
 #include <memory>
@@ -58,23 +59,25 @@ class BackpropStrategy : public LoopStrategy {
     MT_RETURN_IF_ERROR(
         ctx_->grid.data().AllReduce(&loss, 1, core::DType::kF64, parallel::ReduceOp::kSum).Wait());
     loss /= D_;
-    if (!std::isfinite(loss)) {
-      // Every rank sees the same all-reduced loss, so all stop here together.
-      return absl::InternalError(absl::StrFormat(
-          "the training loss is %f at step %d; lower the learning rate, add warm-up or set "
-          "optimizer.clip_grad_norm (the last checkpoint, if any, is intact)",
-          loss, step + 1));
-    }
-    // The gradients are all-reduced: every rank computes the same global norm.
+    // The gradients are all-reduced: every rank computes the same global norm, every step (one
+    // read of the gradients), as a NaN or infinity in any gradient makes it non-finite. Every
+    // rank sees the same loss and norm, so all take the same decision below.
     const float clip = job_.optimizer().clip_grad_norm();
-    const double grad_norm = (clip > 0 || log) ? optim::GlobalGradNorm(*s.model) : 0.0;
-    MT_RETURN_IF_ERROR(s.opt->set_lr(lr));
-    s.opt->Step(optim::ClipScale(grad_norm, clip));
-    s.state.batches_consumed = s.train->batches_consumed();
+    const double grad_norm = optim::GlobalGradNorm(*s.model);
     StepResult r;
     r.loss = loss;
-    r.json_fields =
-        absl::StrFormat(R"(, "comm_wait_ms": %.3f, "grad_norm": %.6g)", wait_ms, grad_norm);
+    auto name = [](double v) { return std::isnan(v) ? "nan" : v > 0 ? "inf" : "-inf"; };
+    if (!std::isfinite(loss)) {
+      r.nonfinite = absl::StrFormat("the training loss is %s", name(loss));
+    } else if (!std::isfinite(grad_norm)) {
+      r.nonfinite = absl::StrFormat("the gradient norm is %s (loss %.6g)", name(grad_norm), loss);
+    } else {
+      MT_RETURN_IF_ERROR(s.opt->set_lr(lr));
+      s.opt->Step(optim::ClipScale(grad_norm, clip));
+    }
+    s.state.batches_consumed = s.train->batches_consumed();
+    r.json_fields = absl::StrFormat(R"(, "comm_wait_ms": %.3f, "grad_norm": %s)", wait_ms,
+                                    JsonNumber(grad_norm, "%.6g"));
     return r;
   }
 

@@ -58,8 +58,14 @@ absl::Status BuildSetup(const Job& job, const TrainOptions& options, int data_ra
 // What a strategy reports for one step.
 struct StepResult {
   double loss = 0.0;  // the same on every rank
-  // Extra fields of the step's metrics line, each starting with ", " (e.g. `, "grad_norm": 1.2`).
+  // Extra fields of the step's metrics line, each starting with ", " (e.g. `, "grad_norm": 1.2`);
+  // JSON numbers only (JsonNumber writes null for a NaN).
   std::string json_fields;
+  // Non-empty when the step's loss or gradients were NaN or infinite, saying which (e.g. "the
+  // gradient norm is inf"): the strategy then applied no update, so the weights and the optimizer
+  // state are those before the step, and RunTraining stops or skips (train.on_nonfinite). The
+  // same on every rank.
+  std::string nonfinite;
 };
 
 // What a strategy may use; owned by RunTraining.

@@ -2,6 +2,9 @@
 
 #include <unistd.h>
 
+#include <cerrno>
+#include <cmath>
+#include <cstring>
 #include <filesystem>
 #include <fstream>
 
@@ -11,8 +14,16 @@
 namespace memtrain::launcher {
 
 std::string Hms(double seconds) {
+  if (!std::isfinite(seconds)) return "-:--:--";
   const int64_t s = static_cast<int64_t>(seconds + 0.5);
   return absl::StrFormat("%d:%02d:%02d", s / 3600, (s / 60) % 60, s % 60);
+}
+
+std::string JsonNumber(double v, const char* format) {
+  if (!std::isfinite(v)) return "null";
+  char buf[64];
+  std::snprintf(buf, sizeof buf, format, v);
+  return buf;
 }
 
 absl::Status Reporter::Open(const std::string& path, std::optional<int64_t> resume_step,
@@ -37,12 +48,17 @@ absl::Status Reporter::Open(const std::string& path, std::optional<int64_t> resu
       kept += line + "\n";
     }
   }
+  path_ = path;
   metrics_ = std::fopen(path.c_str(), "w");
   if (metrics_ == nullptr) {
-    return absl::PermissionDeniedError(
-        absl::StrFormat("output.metrics = \"%s\": cannot open it for writing", path));
+    return absl::PermissionDeniedError(absl::StrFormat(
+        "output.metrics = \"%s\": cannot open it for writing: %s", path, std::strerror(errno)));
   }
-  std::fputs(kept.c_str(), metrics_);
+  if (!kept.empty() && (std::fputs(kept.c_str(), metrics_) < 0 || std::fflush(metrics_) != 0)) {
+    status_ = absl::UnavailableError(
+        absl::StrFormat("output.metrics = \"%s\": write failed: %s", path, std::strerror(errno)));
+    return status_;
+  }
   return absl::OkStatus();
 }
 
@@ -51,9 +67,22 @@ Reporter::~Reporter() {
 }
 
 void Reporter::Json(const std::string& line) {
-  if (metrics_ == nullptr) return;
-  std::fprintf(metrics_, "%s\n", line.c_str());
-  std::fflush(metrics_);
+  if (metrics_ == nullptr || !status_.ok()) return;
+  if (std::fprintf(metrics_, "%s\n", line.c_str()) < 0 || std::fflush(metrics_) != 0) {
+    status_ = absl::UnavailableError(absl::StrFormat(
+        "output.metrics = \"%s\": write failed: %s (disk full?)", path_, std::strerror(errno)));
+  }
+}
+
+absl::Status Reporter::Close() {
+  if (metrics_ != nullptr) {
+    if (std::fclose(metrics_) != 0 && status_.ok()) {
+      status_ = absl::UnavailableError(absl::StrFormat("output.metrics = \"%s\": close failed: %s",
+                                                       path_, std::strerror(errno)));
+    }
+    metrics_ = nullptr;
+  }
+  return status_;
 }
 
 void Reporter::Progress(const std::string& line, bool keep) {

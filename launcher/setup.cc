@@ -1,8 +1,10 @@
 #include "launcher/loop.h"
 
+#include <filesystem>
 #include <optional>
 #include <string>
 
+#include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "launcher/make_optimizer.h"
 #include "launcher/spec.h"
@@ -26,6 +28,27 @@ absl::Status CheckSameModel(const core::GPT2Config& want, const core::GPT2Config
   return absl::OkStatus();
 }
 
+// A damaged newest checkpoint: say how to resume from an older one.
+absl::Status WithOlderCheckpoints(const absl::Status& s, const std::string& dir,
+                                  const std::string& damaged) {
+  if (s.code() != absl::StatusCode::kDataLoss) return s;
+  std::string older;
+  for (const std::string& f : checkpoint::ListCheckpoints(dir)) {
+    if (f != damaged) {
+      older = f;
+      break;
+    }
+  }
+  return absl::DataLossError(absl::StrCat(
+      s.message(), older.empty()
+                       ? absl::StrFormat("; no other checkpoint is in %s: run without --resume to "
+                                         "start over",
+                                         dir)
+                       : absl::StrFormat("; to resume from the one before it, run with "
+                                         "--resume_from %s instead of --resume",
+                                         older)));
+}
+
 }  // namespace
 
 
@@ -33,13 +56,29 @@ absl::Status BuildSetup(const Job& job, const TrainOptions& options, int data_ra
                         core::ModelMode mode, Setup* s) {
   const Train& t = job.train();
   std::optional<LoadedCheckpoint> ckpt;
-  if (options.resume) {
-    if (job.checkpoint().dir().empty()) {
-      return absl::InvalidArgumentError(
-          "--resume needs checkpoint.dir: the folder the interrupted run saved into");
+  if (options.resume || !options.resume_from.empty()) {
+    std::string folder = options.resume_from;
+    if (folder.empty()) {
+      if (job.checkpoint().dir().empty()) {
+        return absl::InvalidArgumentError(
+            "--resume needs checkpoint.dir: the folder the interrupted run saved into");
+      }
+      absl::StatusOr<std::string> latest = LatestCheckpoint(job.checkpoint().dir());
+      if (!latest.ok()) return WithOlderCheckpoints(latest.status(), job.checkpoint().dir(), "");
+      folder = *latest;
+    } else if (!std::filesystem::is_regular_file(folder + "/state.json")) {
+      return absl::NotFoundError(absl::StrFormat(
+          "--resume_from %s: not a checkpoint folder (no state.json); give one of the "
+          "step_NNNNNNNN folders of checkpoint.dir",
+          folder));
     }
-    MT_ASSIGN_OR_RETURN(std::string folder, LatestCheckpoint(job.checkpoint().dir()));
-    MT_ASSIGN_OR_RETURN(ckpt, LoadCheckpoint(folder));
+    absl::StatusOr<LoadedCheckpoint> loaded = LoadCheckpoint(folder);
+    if (!loaded.ok()) {
+      return options.resume_from.empty()
+                 ? WithOlderCheckpoints(loaded.status(), job.checkpoint().dir(), folder)
+                 : loaded.status();
+    }
+    ckpt = std::move(*loaded);
     if (job.model().has_gpt()) {
       core::GPT2Config want = ToGPT2Config(job.model().gpt());
       MT_RETURN_IF_ERROR(want.Validate());

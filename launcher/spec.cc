@@ -1,7 +1,11 @@
 #include "launcher/spec.h"
 
 #include <sys/stat.h>
+#include <unistd.h>
 
+#include <cerrno>
+#include <cstring>
+#include <filesystem>
 #include <fstream>
 #include <sstream>
 #include <vector>
@@ -114,12 +118,27 @@ absl::StatusOr<Job> ParseJobText(const std::string& text, const std::string& nam
 }
 
 absl::StatusOr<Job> ParseJobFile(const std::string& path) {
+  struct stat st;
+  if (stat(path.c_str(), &st) != 0) {
+    return absl::NotFoundError(
+        absl::StrFormat("cannot read job spec %s: %s; check the path", path, std::strerror(errno)));
+  }
+  // A folder reads as an empty spec on some systems: refuse anything but a file (a pipe, as from
+  // <(...), is fine).
+  if (!S_ISREG(st.st_mode) && !S_ISFIFO(st.st_mode)) {
+    return absl::InvalidArgumentError(
+        absl::StrFormat("job spec %s is %s, not a file; give the path of a .pbtxt file", path,
+                        S_ISDIR(st.st_mode) ? "a directory" : "not a regular file"));
+  }
   std::ifstream in(path);
   if (!in) {
     return absl::NotFoundError(absl::StrFormat("cannot read job spec %s; check the path", path));
   }
   std::stringstream ss;
   ss << in.rdbuf();
+  if (in.bad()) {
+    return absl::NotFoundError(absl::StrFormat("cannot read job spec %s: read error", path));
+  }
   return ParseJobText(ss.str(), path);
 }
 
@@ -164,7 +183,11 @@ absl::Status ApplyOverride(Job* job, const std::string& assignment) {
       r->SetString(msg, f, value);  // unquoted strings are taken as they are
       return absl::OkStatus();
     }
-    if (!pb::TextFormat::ParseFieldValueFromString(value, f, msg)) {
+    // The error goes to a collector, not to protobuf's log (which would print a raw line first).
+    pb::TextFormat::Parser parser;
+    Collector errors("--set " + assignment);
+    parser.RecordErrorsTo(&errors);
+    if (!parser.ParseFieldValueFromString(value, f, msg)) {
       return absl::InvalidArgumentError(absl::StrFormat("--set %s: \"%s\" is not a valid %s for %s",
                                                         assignment, value, f->type_name(), path));
     }
@@ -212,6 +235,7 @@ absl::Status ValidateJob(const Job& job, int world_size) {
   MT_RETURN_IF_ERROR(AtLeast("train.eval_every", t.eval_every(), 0));
   MT_RETURN_IF_ERROR(AtLeast("train.eval_batches", t.eval_batches(), 1));
   MT_RETURN_IF_ERROR(AtLeast("train.log_every", t.log_every(), 1));
+  MT_RETURN_IF_ERROR(AtLeast("train.max_consecutive_skips", t.max_consecutive_skips(), 0));
   // The optimizer's own validation (optim::*Config::Validate), with job-spec field names.
   MT_RETURN_IF_ERROR(ValidateOptimizerSpec(job.optimizer()));
   if (!(job.optimizer().clip_grad_norm() >= 0)) {
@@ -260,6 +284,74 @@ absl::Status ValidateFiles(const Job& job) {
   MT_RETURN_IF_ERROR(need("data.train_tokens", job.data().train_tokens()));
   MT_RETURN_IF_ERROR(need("data.val_tokens", job.data().val_tokens()));
   MT_RETURN_IF_ERROR(need("model.init_from", job.model().init_from()));
+  return absl::OkStatus();
+}
+
+namespace {
+
+// Checks that `path` (a file, or with `is_dir` a folder) can be created or written, without
+// leaving anything behind: missing parent folders are created for the probe and removed again.
+absl::Status ProbeWritable(const char* field, const std::string& path, bool is_dir) {
+  namespace fs = std::filesystem;
+  auto bad = [&](const std::string& why) {
+    return absl::PermissionDeniedError(
+        absl::StrFormat("%s = \"%s\": %s; fix it before training", field, path, why));
+  };
+  std::error_code ec;
+  const fs::path target = fs::absolute(path, ec);
+  if (ec) return bad(ec.message());
+  // The folder that must hold the probe, and the folders above it that do not exist yet.
+  const fs::path folder = is_dir ? target : target.parent_path();
+  std::vector<fs::path> missing;
+  fs::path existing = folder;
+  while (!fs::exists(existing, ec)) {
+    missing.push_back(existing);
+    if (!existing.has_parent_path() || existing.parent_path() == existing) break;
+    existing = existing.parent_path();
+  }
+  if (!fs::is_directory(existing, ec)) {
+    return bad(absl::StrFormat("%s is a file, not a folder", existing.string()));
+  }
+  if (!is_dir && fs::exists(target, ec)) {
+    if (fs::is_directory(target, ec)) return bad("it is a directory, not a file");
+    // Existing: must be writable, and is not truncated here (an exit 2 writes nothing).
+    std::FILE* f = std::fopen(path.c_str(), "a");
+    if (f == nullptr) return bad(absl::StrCat("cannot write it: ", std::strerror(errno)));
+    std::fclose(f);
+    return absl::OkStatus();
+  }
+  auto remove_created = [&]() {
+    for (const fs::path& p : missing) fs::remove(p, ec);  // deepest first
+  };
+  for (auto it = missing.rbegin(); it != missing.rend(); ++it) {
+    if (!fs::create_directory(*it, ec) && ec) {
+      const std::string why = ec.message();
+      remove_created();
+      return bad(absl::StrFormat("cannot create %s: %s", it->string(), why));
+    }
+  }
+  const fs::path probe = is_dir ? folder / absl::StrFormat(".probe.tmp.%d", getpid()) : target;
+  std::FILE* f = std::fopen(probe.c_str(), "w");
+  const int err = errno;
+  const bool closed = f != nullptr && std::fclose(f) == 0;
+  fs::remove(probe, ec);
+  remove_created();
+  if (f == nullptr || !closed) {
+    return bad(
+        absl::StrFormat("cannot create a file in %s: %s", folder.string(), std::strerror(err)));
+  }
+  return absl::OkStatus();
+}
+
+}  // namespace
+
+absl::Status ValidateOutputs(const Job& job) {
+  if (!job.checkpoint().dir().empty()) {
+    MT_RETURN_IF_ERROR(ProbeWritable("checkpoint.dir", job.checkpoint().dir(), /*is_dir=*/true));
+  }
+  if (!job.output().metrics().empty()) {
+    MT_RETURN_IF_ERROR(ProbeWritable("output.metrics", job.output().metrics(), /*is_dir=*/false));
+  }
   return absl::OkStatus();
 }
 

@@ -34,6 +34,12 @@ absl::Status ValidateJob(const Job& job, int world_size);
 // Checks that the files the spec reads exist (train/val tokens, model.init_from).
 absl::Status ValidateFiles(const Job& job);
 
+// Checks that what the run will write can be written, before anything is trained:
+// checkpoint.dir is (or can be created as) a writable folder, output.metrics a writable file.
+// PermissionDenied naming the field. Leaves nothing behind (probe files and any folders it had to
+// create are removed again; an existing metrics file is not truncated).
+absl::Status ValidateOutputs(const Job& job);
+
 std::string JobToText(const Job& job);
 core::GPT2Config ToGPT2Config(const Gpt& gpt);
 

@@ -5,6 +5,7 @@
 #define MEMTRAIN_LAUNCHER_TRAIN_H_
 
 #include <cstdint>
+#include <string>
 #include <vector>
 
 #include "absl/status/status.h"
@@ -15,7 +16,10 @@
 namespace memtrain::launcher {
 
 struct TrainOptions {
-  bool resume = false;     // continue from checkpoint.dir/latest
+  bool resume = false;  // continue from checkpoint.dir/latest
+  // Continue from this checkpoint folder (dir/step_NNNNNNNN) instead, e.g. when the newest one is
+  // damaged; implies `resume`.
+  std::string resume_from{};
   int64_t stop_after = 0;  // end the run after this step (with a checkpoint), as a preemption
   bool quiet = false;      // no progress output (metrics are still written)
   // Extra engine hooks for a C++ caller (logging, custom gradient policies), not owned. They are
@@ -26,8 +30,17 @@ struct TrainOptions {
 
 // `job` must be filled (FillDefaults) and validated (ValidateJob) for world->size() ranks.
 // Every rank calls it. Errors are agreed over all ranks before the first collective of the loop.
+// After InstallStopHandlers, a SIGTERM or SIGINT on any rank ends the run on every rank after the
+// same step, with a checkpoint (if checkpoint.dir is set): Cancelled, whose StopSignal is the
+// signal.
 absl::Status RunTraining(const Job& job, const TrainOptions& options,
                          parallel::Communicator* world);
+
+// SIGTERM and SIGINT ask RunTraining to stop after the current step (a second one ends the
+// process at once, by the signal's default action). `announce`: print a line when one arrives.
+void InstallStopHandlers(bool announce);
+// The signal that stopped a run, from RunTraining's status (0 if none).
+int StopSignal(const absl::Status& s);
 
 }  // namespace memtrain::launcher
 

@@ -1,12 +1,13 @@
 // trainer: runs memtrain jobs.
 //
 //   mpirun -np N trainer JOB.pbtxt [--set field.path=value ...] [--check] [--resume]
+//                  [--resume_from CHECKPOINT_FOLDER] [--stop_after N] [--quiet]
 //   trainer sample CHECKPOINT [--prompt TEXT] [--tokens N] [--temperature X] [--top_k K]
 //                  [--seed S] [--vocab FILE]
 //   trainer export CHECKPOINT OUT.bin
 //
 // Exit codes: 0 done; 2 bad input (usage, job spec, files), nothing written; 1 failure while
-// running.
+// running; 128 + N stopped by signal N (SIGTERM, SIGINT) after a step, with a checkpoint.
 #include <cstdio>
 #include <cstring>
 #include <optional>
@@ -14,6 +15,7 @@
 #include <vector>
 
 #include "absl/strings/numbers.h"
+#include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "checkpoint/checkpoint.h"
 #include "core/llmc.h"
@@ -39,7 +41,10 @@ train options:
   --set field.path=value   override a field of the job, e.g. --set train.steps=10 (repeatable)
   --check                  validate the job and print the effective spec; run nothing
   --resume                 continue from checkpoint.dir/latest
+  --resume_from FOLDER     continue from this checkpoint folder (checkpoint.dir/step_NNNNNNNN),
+                           e.g. an older one when the newest is damaged
   --stop_after N           end the run after step N, saving a checkpoint (as if preempted)
+                           (SIGTERM or SIGINT do the same after the current step; exit 128+N)
   --quiet                  no progress output (metrics are still written)
 
 sample options:
@@ -95,6 +100,9 @@ int RunJob(const std::vector<std::string>& args) {
       check = true;
     } else if (a == "--resume") {
       options.resume = true;
+    } else if (a == "--resume_from" && i + 1 < args.size()) {
+      options.resume_from = args[++i];
+      options.resume = true;
     } else if (a == "--quiet") {
       options.quiet = true;
     } else if (a == "--stop_after" && i + 1 < args.size()) {
@@ -116,8 +124,9 @@ int RunJob(const std::vector<std::string>& args) {
   if (!world.ok()) return Report(world.status());
   core::InitThreads();
 
-  // Every rank parses and validates the whole spec and its files before any other collective;
-  // AgreeOnStatus makes all ranks stop if any one cannot go on.
+  // Every rank parses and validates the whole spec and its files before any other collective
+  // (rank 0 also checks that it can write the checkpoints and metrics); AgreeOnJob makes all
+  // ranks stop if any one cannot go on, or if the ranks disagree about the job.
   absl::StatusOr<Job> job = ParseJobFile(path);
   absl::Status local = job.status();
   for (size_t i = 0; local.ok() && i < sets.size(); ++i) local = ApplyOverride(&*job, sets[i]);
@@ -126,13 +135,23 @@ int RunJob(const std::vector<std::string>& args) {
     local = ValidateJob(*job, (*world)->size());
   }
   if (local.ok()) local = ValidateFiles(*job);
-  absl::Status agreed = AgreeOnStatus(world->get(), local);
+  if (local.ok() && (*world)->rank() == 0) local = ValidateOutputs(*job);
+  // The options that change what the ranks do together (not --quiet).
+  const std::string together =
+      absl::StrCat(check ? "--check " : "", options.resume ? "--resume " : "",
+                   options.resume_from.empty() ? "" : "--resume_from " + options.resume_from + " ",
+                   options.stop_after > 0 ? absl::StrCat("--stop_after ", options.stop_after) : "");
+  absl::Status agreed = AgreeOnJob(world->get(), local, local.ok() ? &*job : nullptr, together);
   if (agreed.ok() && check && (*world)->rank() == 0) {
     std::printf("# %s: valid for %d rank(s). Effective spec:\n%s", path.c_str(), (*world)->size(),
                 JobToText(*job).c_str());
   }
-  if (agreed.ok() && !check) agreed = RunTraining(*job, options, world->get());
-  const int code = Report(agreed);
+  if (agreed.ok() && !check) {
+    InstallStopHandlers(/*announce=*/(*world)->rank() == 0);
+    agreed = RunTraining(*job, options, world->get());
+  }
+  int code = Report(agreed);
+  if (const int sig = StopSignal(agreed); sig != 0) code = 128 + sig;  // as a shell reports it
   world->reset();
   parallel::ShutdownCommunication();
   return code;

@@ -1,9 +1,15 @@
-// Checkpoints round-trip exactly, keep the newest N, and refuse damaged files with DataLoss.
+// Checkpoints round-trip exactly, keep the N written last, never hold a NaN, leave no temporary
+// behind, and refuse damaged files with DataLoss.
 #include "checkpoint/checkpoint.h"
 
 #include <gtest/gtest.h>
+#include <sys/resource.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
+#include <algorithm>
+#include <cmath>
+#include <csignal>
 #include <filesystem>
 #include <fstream>
 #include <iterator>
@@ -96,6 +102,124 @@ TEST(CheckpointTest, KeepsTheNewestAndLatestPointsAtACompleteOne) {
   EXPECT_TRUE(fs::exists(dir + "/step_00000003"));
   EXPECT_EQ(LatestCheckpoint(dir).value(), dir + "/step_00000004");
   EXPECT_EQ(LatestCheckpoint(FreshDir("none")).status().code(), absl::StatusCode::kNotFound);
+}
+
+std::vector<std::string> Entries(const std::string& dir) {
+  std::vector<std::string> out;
+  for (const auto& e : fs::directory_iterator(dir)) out.push_back(e.path().filename().string());
+  std::sort(out.begin(), out.end());
+  return out;
+}
+
+TEST(CheckpointTest, KeepsTheCheckpointsWrittenLastNotTheHighestSteps) {
+  Trained t = MakeTrained();
+  const std::string dir = FreshDir("order");
+  auto save = [&](int step) {
+    ASSERT_TRUE(SaveCheckpoint(dir, 2, {.step = step, .batches_consumed = 0, .job_text = ""},
+                               *t.model, *t.opt)
+                    .ok());
+  };
+  save(15);
+  save(20);
+  // A new run of the same job into the same folder, with fewer steps.
+  save(5);
+  EXPECT_EQ(Entries(dir), (std::vector<std::string>{"latest", "step_00000005", "step_00000020"}));
+  save(10);
+  EXPECT_EQ(Entries(dir), (std::vector<std::string>{"latest", "step_00000005", "step_00000010"}));
+  EXPECT_EQ(LatestCheckpoint(dir).value(), dir + "/step_00000010");
+  // keep = 1 after resuming at a lower step: the one just written stays.
+  save(30);
+  ASSERT_TRUE(
+      SaveCheckpoint(dir, 1, {.step = 11, .batches_consumed = 0, .job_text = ""}, *t.model, *t.opt)
+          .ok());
+  EXPECT_EQ(Entries(dir), (std::vector<std::string>{"latest", "step_00000011"}));
+  EXPECT_EQ(ListCheckpoints(dir), std::vector<std::string>{dir + "/step_00000011"});
+}
+
+TEST(CheckpointTest, LatestMayEndInANewline) {
+  Trained t = MakeTrained();
+  const std::string dir = FreshDir("newline");
+  ASSERT_TRUE(
+      SaveCheckpoint(dir, 3, {.step = 19, .batches_consumed = 0, .job_text = ""}, *t.model, *t.opt)
+          .ok());
+  std::ofstream(dir + "/latest") << "step_00000019\n";
+  auto folder = LatestCheckpoint(dir);
+  ASSERT_TRUE(folder.ok()) << folder.status();
+  EXPECT_EQ(*folder, dir + "/step_00000019");
+  EXPECT_TRUE(LoadModel(dir).ok());
+  std::ofstream(dir + "/latest") << "  step_00000019 \r\n";
+  EXPECT_EQ(LatestCheckpoint(dir).value(), dir + "/step_00000019");
+}
+
+TEST(CheckpointTest, NonFiniteWeightsOrStateAreNeverSaved) {
+  Trained t = MakeTrained();
+  const std::string dir = FreshDir("nan");
+  ASSERT_TRUE(
+      SaveCheckpoint(dir, 3, {.step = 1, .batches_consumed = 0, .job_text = ""}, *t.model, *t.opt)
+          .ok());
+  const float saved = t.model->block(1).params().f32()[5];
+  t.model->block(1).params().f32()[5] = std::nanf("");
+  absl::Status s =
+      SaveCheckpoint(dir, 3, {.step = 2, .batches_consumed = 0, .job_text = ""}, *t.model, *t.opt);
+  EXPECT_EQ(s.code(), absl::StatusCode::kAborted) << s;
+  EXPECT_NE(s.message().find("non-finite"), std::string::npos) << s;
+  t.model->block(1).params().f32()[5] = saved;
+  t.opt->m(0).f32()[0] = INFINITY;
+  EXPECT_EQ(
+      SaveCheckpoint(dir, 3, {.step = 2, .batches_consumed = 0, .job_text = ""}, *t.model, *t.opt)
+          .code(),
+      absl::StatusCode::kAborted);
+  EXPECT_EQ(Entries(dir), (std::vector<std::string>{"latest", "step_00000001"}));
+  EXPECT_EQ(LatestCheckpoint(dir).value(), dir + "/step_00000001");
+}
+
+TEST(CheckpointTest, AFailedSaveLeavesNoTemporaryAndTheLastCheckpointIntact) {
+  Trained t = MakeTrained();
+  const std::string dir = FreshDir("full");
+  ASSERT_TRUE(
+      SaveCheckpoint(dir, 3, {.step = 1, .batches_consumed = 0, .job_text = ""}, *t.model, *t.opt)
+          .ok());
+  // A disk that fills up: files may not grow past 16 KiB (writes fail with EFBIG).
+  struct rlimit old;
+  ASSERT_EQ(getrlimit(RLIMIT_FSIZE, &old), 0);
+  struct rlimit small = old;
+  small.rlim_cur = 16384;
+  auto previous = signal(SIGXFSZ, SIG_IGN);
+  ASSERT_EQ(setrlimit(RLIMIT_FSIZE, &small), 0);
+  absl::Status s =
+      SaveCheckpoint(dir, 3, {.step = 2, .batches_consumed = 0, .job_text = ""}, *t.model, *t.opt);
+  setrlimit(RLIMIT_FSIZE, &old);
+  signal(SIGXFSZ, previous);
+  EXPECT_FALSE(s.ok());
+  EXPECT_NE(s.message().find(dir + "/step_00000002"), std::string::npos) << s;
+  EXPECT_EQ(Entries(dir), (std::vector<std::string>{"latest", "step_00000001"}));
+  EXPECT_EQ(LatestCheckpoint(dir).value(), dir + "/step_00000001");
+}
+
+TEST(CheckpointTest, TemporariesOfDeadProcessesAreRemoved) {
+  Trained t = MakeTrained();
+  const std::string dir = FreshDir("stale");
+  ASSERT_TRUE(
+      SaveCheckpoint(dir, 3, {.step = 3, .batches_consumed = 0, .job_text = ""}, *t.model, *t.opt)
+          .ok());
+  ASSERT_TRUE(
+      SaveCheckpoint(dir, 3, {.step = 4, .batches_consumed = 0, .job_text = ""}, *t.model, *t.opt)
+          .ok());
+  const pid_t child = fork();
+  if (child == 0) _exit(0);
+  ASSERT_EQ(waitpid(child, nullptr, 0), child);  // a process that is gone
+  const std::string dead = std::to_string(child), alive = std::to_string(getpid());
+  fs::create_directories(dir + "/step_00000005.tmp." + dead + "/x");
+  std::ofstream(dir + "/latest.tmp." + dead) << "step_00000005";
+  fs::create_directories(dir + "/step_00000006.tmp." + alive);  // a save in progress
+  // Killed between the renames of a save that replaced step 4 / step 3: the previous copy.
+  fs::rename(dir + "/step_00000004", dir + "/step_00000004.old");
+  fs::create_directories(dir + "/step_00000003.old");
+  EXPECT_EQ(RemoveStaleTemporaries(dir), 4);
+  EXPECT_EQ(Entries(dir), (std::vector<std::string>{"latest", "step_00000003", "step_00000004",
+                                                    "step_00000006.tmp." + alive}));
+  EXPECT_TRUE(LoadCheckpoint(dir + "/step_00000004").ok());
+  EXPECT_TRUE(LoadCheckpoint(dir + "/step_00000003").ok());
 }
 
 TEST(CheckpointTest, DamagedFilesAreRefusedWithDataLoss) {

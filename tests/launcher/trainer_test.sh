@@ -5,6 +5,16 @@
 #   dp        mpirun -np 2 with batch B matches one process with batch 2B (losses, 1e-5 relative)
 #   bad       bad input: exit code 2, a message naming the field or file, nothing written
 #   tools     --check, sample, export, a run initialised from the exported llm.c file, plot
+#   retention checkpoint.keep keeps the checkpoints written last, never what the run just wrote
+#   nonfinite a diverging run (huge lr, a checkpoint every step) never saves NaN; SKIP goes on;
+#             every metrics line is JSON
+#   outputs   a folder as the job, unwritable outputs refused at start (exit 2, nothing written),
+#             write errors on metrics and checkpoints stop the run naming the file, no temporary
+#             checkpoint folder is left, --set with a bad value prints one clean message
+#   ranks     ranks started with another job, options or build stop at once with exit 2
+#   damaged   `latest` with a newline; a damaged newest checkpoint names --resume_from, which works
+#   signals   SIGTERM mid-run (one process, and both ranks of mpirun -np 2): a checkpoint after the
+#             step, exit 143, and --resume ends bit-identical to an uninterrupted run
 # Usage: trainer_test.sh BUILD_DIR SOURCE_DIR CASE
 set -u
 BUILD=$1 SRC=$2 CASE=$3
@@ -15,6 +25,42 @@ trap 'rm -rf "$W"' EXIT
 export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 MEMTRAIN_THREADS=1 W_DIR=$W
 MPIRUN="mpirun --oversubscribe --bind-to none"
 fail() { echo "FAIL: $*"; exit 1; }
+# Every line of a metrics file is JSON (no NaN or Infinity, which JSON does not have).
+check_json() {
+  if command -v python3 >/dev/null; then
+    python3 -c '
+import json, sys
+def bad(c): raise ValueError("not JSON: " + c)
+for n, line in enumerate(open(sys.argv[1]), 1):
+    try: json.loads(line, parse_constant=bad)
+    except ValueError as e: sys.exit("%s:%d: %s: %s" % (sys.argv[1], n, e, line.strip()))
+' "$1" || fail "metrics line is not JSON"
+  elif grep -Eiq '(: |\[)-?(nan|inf)' "$1"; then
+    fail "metrics hold nan/inf: $(grep -Ei 'nan|inf' "$1" | head -3)"
+  fi
+}
+# Every F32 tensor of every checkpoint folder under $1 is finite.
+check_finite() {
+  command -v python3 >/dev/null || return 0
+  python3 -c '
+import json, math, struct, sys, glob, array
+for f in sorted(glob.glob(sys.argv[1] + "/step_*/*.safetensors")):
+    b = open(f, "rb").read()
+    n = struct.unpack("<Q", b[:8])[0]
+    h = json.loads(b[8:8 + n])
+    for name, e in h.items():
+        if name == "__metadata__" or e["dtype"] != "F32": continue
+        a = array.array("f"); s, t = e["data_offsets"]; a.frombytes(b[8 + n + s:8 + n + t])
+        if not all(math.isfinite(x) for x in a): sys.exit("%s: %s is not finite" % (f, name))
+' "$1" || fail "a checkpoint holds NaN or infinity"
+}
+# Names of the checkpoint folders in $1, sorted, on one line.
+ckpts() { (cd "$1" && ls -d step_* 2>/dev/null | tr '\n' ' '); }
+# No temporary of a checkpoint save is left under $1.
+no_tmp() {
+  left=$(find "$1" -name '*.tmp.*' -o -name '*.old' 2>/dev/null)
+  [ -z "$left" ] || fail "temporaries left: $left"
+}
 
 "$BUILD/make_tokens" "$SRC/tests/data/sample.txt" "$W/doc" --val_fraction 0.1 >/dev/null \
   || fail "make_tokens"
@@ -137,6 +183,199 @@ tools)
   out=$($TRAINER "$JOB" "${DATA[@]}" --quiet --set optimizer.adamw.lr=1e30 2>&1); rc=$?
   [ $rc = 1 ] && echo "$out" | grep -q "training loss is" || fail "diverging run: rc $rc: $out"
   echo "tools: --check, sample, export, init_from, plot work; a diverging run stops with exit 1"
+  ;;
+retention)
+  # A 20-step run, then a 10-step run of the same job into the same folder: the second keeps what
+  # it wrote (steps 5 and 10), not the higher steps of the first.
+  K=(--set checkpoint.dir="$W/r" --set checkpoint.every=5 --set checkpoint.keep=2)
+  $TRAINER "$JOB" "${DATA[@]}" "${K[@]}" --quiet || fail "20-step run"
+  [ "$(ckpts "$W/r")" = "step_00000015 step_00000020 " ] || fail "after 20 steps: $(ckpts "$W/r")"
+  $TRAINER "$JOB" "${DATA[@]}" "${K[@]}" --quiet --set train.steps=10 || fail "10-step run"
+  [ "$(ckpts "$W/r")" = "step_00000005 step_00000010 " ] || fail "after 10 steps: $(ckpts "$W/r")"
+  [ "$(cat "$W/r/latest")" = step_00000010 ] || fail "latest: $(cat "$W/r/latest")"
+  $TRAINER sample "$W/r" --tokens 4 >/dev/null || fail "sample from the folder"
+  $TRAINER "$JOB" "${DATA[@]}" "${K[@]}" --quiet --set train.steps=12 --resume || fail "resume"
+  # Resuming from a lower step (latest set back by hand) and saving every step: what this run
+  # writes is kept, not the stale step 20 of the earlier run.
+  rm -rf "$W/r"
+  $TRAINER "$JOB" "${DATA[@]}" "${K[@]}" --quiet || fail "20-step run (2)"
+  printf step_00000015 > "$W/r/latest"
+  $TRAINER "$JOB" "${DATA[@]}" "${K[@]}" --quiet --resume --set checkpoint.every=1 \
+    --stop_after 17 || fail "resumed at 15"
+  [ "$(ckpts "$W/r")" = "step_00000016 step_00000017 " ] || fail "after resuming: $(ckpts "$W/r")"
+  [ "$(cat "$W/r/latest")" = step_00000017 ] || fail "latest after resuming: $(cat "$W/r/latest")"
+  echo "retention: the checkpoints written last are kept"
+  ;;
+nonfinite)
+  # lr = 1e3 diverges within a few steps (with n_embd 256 the gradients of step 8 are NaN, which
+  # used to reach the weights and the checkpoint `latest` named). Default STOP: exit 1, naming the
+  # step and the field to change; no checkpoint holds a NaN and latest names a loadable one.
+  H=(--set optimizer.adamw.lr=1e3 --set checkpoint.every=1 --set checkpoint.keep=100
+     --set model.gpt.n_embd=256 --set model.gpt.n_head=4 --set train.steps=10)
+  out=$($TRAINER "$JOB" "${DATA[@]}" "${H[@]}" --quiet --set checkpoint.dir="$W/n" \
+        --set output.metrics="$W/n.jsonl" 2>&1); rc=$?
+  [ $rc = 1 ] || fail "diverging run: rc $rc: $out"
+  echo "$out" | grep -q "train.on_nonfinite" || fail "message: $out"
+  check_json "$W/n.jsonl"
+  check_finite "$W/n"
+  grep -q '"skipped": true' "$W/n.jsonl" || fail "the non-finite step is not in the metrics"
+  latest=$(cat "$W/n/latest") || fail "no checkpoint before the divergence"
+  $TRAINER export "$W/n" "$W/n.bin" >/dev/null || fail "latest ($latest) does not load"
+  # SKIP: the run goes on, the skipped steps are in the metrics, every checkpoint is finite.
+  $TRAINER "$JOB" "${DATA[@]}" "${H[@]}" --quiet --set checkpoint.dir="$W/s" \
+    --set output.metrics="$W/s.jsonl" --set train.on_nonfinite=SKIP \
+    --set train.max_consecutive_skips=0 || fail "SKIP run"
+  check_json "$W/s.jsonl"
+  check_finite "$W/s"
+  grep -q '"skipped": true' "$W/s.jsonl" || fail "no skipped step in the metrics"
+  grep -q '"event": "end", "step": 10, "skipped_steps": [1-9]' "$W/s.jsonl" \
+    || fail "end line: $(tail -1 "$W/s.jsonl")"
+  # The run before this fix logged "grad_norm": -nan; every line parses now, ordinary runs too.
+  $TRAINER "$JOB" "${DATA[@]}" --quiet --set train.steps=3 --set output.metrics="$W/ok.jsonl" \
+    || fail "ordinary run"
+  check_json "$W/ok.jsonl"
+  echo "nonfinite: no NaN reaches a checkpoint; SKIP skips; every metrics line is JSON"
+  ;;
+outputs)
+  expect_bad() {  # expect_bad "message" command...
+    local want=$1; shift
+    rm -rf "$W/out"
+    out=$("$@" 2>&1); rc=$?
+    [ $rc = 2 ] || fail "exit code $rc (want 2) for: $* -> $out"
+    echo "$out" | grep -qF -- "$want" || fail "message lacks '$want': $out"
+    [ ! -e "$W/out" ] || fail "something was written for: $*"
+  }
+  M=(--set output.metrics="$W/out/m.jsonl")
+  # A folder as the job spec, with and without --set.
+  mkdir -p "$W/jobdir"
+  expect_bad "is a directory" $TRAINER "$W/jobdir" "${M[@]}"
+  expect_bad "is a directory" $TRAINER "$W/jobdir" "${DATA[@]}" "${M[@]}"
+  # Outputs that cannot be written are refused before training, naming the field.
+  touch "$W/afile"
+  expect_bad "checkpoint.dir" $TRAINER "$JOB" "${DATA[@]}" "${M[@]}" --set checkpoint.dir="$W/afile"
+  expect_bad "checkpoint.dir" $TRAINER "$JOB" "${DATA[@]}" "${M[@]}" \
+    --set checkpoint.dir="$W/afile/ck"
+  expect_bad "output.metrics" $TRAINER "$JOB" "${DATA[@]}" --set output.metrics="$W/jobdir"
+  expect_bad "output.metrics" $TRAINER "$JOB" "${DATA[@]}" --set checkpoint.dir="$W/out/ck" \
+    --set output.metrics="$W/afile/m.jsonl"
+  # A bad --set value: one clean message, no raw protobuf log line.
+  expect_bad "is not a valid" $TRAINER "$JOB" "${DATA[@]}" "${M[@]}" --set train.steps=abc
+  echo "$out" | grep -q "libprotobuf" && fail "raw protobuf log: $out"
+  # A metrics write error (a full disk) stops the run, naming the file.
+  out=$($TRAINER "$JOB" "${DATA[@]}" --quiet --set train.steps=3 --set output.metrics=/dev/full \
+        2>&1); rc=$?
+  [ $rc = 1 ] && echo "$out" | grep -q "/dev/full" || fail "metrics on a full disk: rc $rc: $out"
+  # A checkpoint write error (files limited to 20 KiB) stops the run naming the file, and leaves
+  # no temporary folder; the previous checkpoint stays.
+  F=(--quiet --set checkpoint.dir="$W/fs" --set train.steps=2)
+  $TRAINER "$JOB" "${DATA[@]}" "${F[@]}" --stop_after 1 || fail "first step"
+  out=$(ulimit -f 20; trap '' XFSZ; $TRAINER "$JOB" "${DATA[@]}" "${F[@]}" --resume 2>&1); rc=$?
+  [ $rc = 1 ] && echo "$out" | grep -q "$W/fs/step_00000002.*safetensors" \
+    || fail "checkpoint write error: rc $rc: $out"
+  no_tmp "$W/fs"
+  [ "$(cat "$W/fs/latest")" = step_00000001 ] && [ "$(ckpts "$W/fs")" = "step_00000001 " ] \
+    || fail "after a failed save: $(ckpts "$W/fs")"
+  # Temporaries left by dead processes are removed at start; a completed run leaves none.
+  bash -c 'exit 0' & wait $!; dead=$!
+  mkdir -p "$W/t/step_00000003.tmp.$dead"; touch "$W/t/latest.tmp.$dead"
+  $TRAINER "$JOB" "${DATA[@]}" --quiet --set checkpoint.dir="$W/t" --set train.steps=4 \
+    --set checkpoint.every=2 || fail "run after a crash"
+  no_tmp "$W/t"
+  [ "$(ckpts "$W/t")" = "step_00000002 step_00000004 " ] || fail "checkpoints: $(ckpts "$W/t")"
+  echo "outputs: refused at start, write errors stop the run, no temporaries are left"
+  ;;
+ranks)
+  # Ranks given different jobs, options or builds stop at once (no hang) with exit 2, rank 0
+  # naming the ranks and the first field that differs.
+  P=("$JOB" "${DATA[@]}" --quiet --set parallel.data=2)
+  out=$(timeout 120 $MPIRUN -np 1 "$TRAINER" "${P[@]}" --set train.steps=5 \
+        : -np 1 "$TRAINER" "${P[@]}" --set train.steps=6 2>&1); rc=$?
+  [ $rc = 2 ] || fail "another train.steps on rank 1: rc $rc: $out"
+  echo "$out" | grep -q "train.steps = 5 on rank 0 but 6 on rank 1" || fail "message: $out"
+  [ "$(echo "$out" | grep -c "disagree")" = 1 ] || fail "not printed once: $out"
+  out=$(timeout 120 $MPIRUN -np 1 "$TRAINER" "${P[@]}" \
+        : -np 1 "$TRAINER" "${P[@]}" --set model.gpt.n_embd=64 2>&1); rc=$?
+  [ $rc = 2 ] && echo "$out" | grep -q "model.gpt.n_embd = 32 on rank 0 but 64 on rank 1" \
+    || fail "another n_embd on rank 1: rc $rc: $out"
+  out=$(timeout 120 $MPIRUN -np 1 "$TRAINER" "${P[@]}" \
+        : -np 1 "$TRAINER" "${P[@]}" --stop_after 3 2>&1); rc=$?
+  [ $rc = 2 ] && echo "$out" | grep -q "different options" || fail "--stop_after on rank 1: $rc $out"
+  if command -v objcopy >/dev/null && objcopy --remove-section=.note.gnu.build-id \
+      "$TRAINER" "$W/trainer2" 2>/dev/null; then
+    out=$(timeout 120 $MPIRUN -np 1 "$TRAINER" "${P[@]}" : -np 1 "$W/trainer2" "${P[@]}" 2>&1)
+    rc=$?
+    [ $rc = 2 ] && echo "$out" | grep -q "different trainer builds" || fail "build: $rc $out"
+  fi
+  $MPIRUN -np 2 "$TRAINER" "${P[@]}" --set train.steps=2 || fail "agreeing ranks"
+  echo "ranks: disagreeing ranks stop with exit 2 naming the field"
+  ;;
+damaged)
+  $TRAINER "$JOB" "${DATA[@]}" --quiet --set checkpoint.dir="$W/d" --set train.steps=6 \
+    --set checkpoint.every=2 || fail "first run"
+  # `latest` edited by hand, with a newline.
+  echo step_00000006 > "$W/d/latest"
+  $TRAINER "$JOB" "${DATA[@]}" --quiet --set checkpoint.dir="$W/d" --set train.steps=8 \
+    --set checkpoint.every=2 --resume || fail "latest with a newline"
+  [ "$(cat "$W/d/latest")" = step_00000008 ] || fail "latest: $(cat "$W/d/latest")"
+  # The newest checkpoint damaged: the message names --resume_from with the one before it.
+  f="$W/d/step_00000008/model.safetensors"
+  printf x | dd of="$f" bs=1 seek=$(($(stat -c %s "$f") - 100)) conv=notrunc 2>/dev/null
+  out=$($TRAINER "$JOB" "${DATA[@]}" --quiet --set checkpoint.dir="$W/d" --set train.steps=10 \
+        --set checkpoint.every=2 --resume 2>&1); rc=$?
+  [ $rc = 2 ] && echo "$out" | grep -qF -- "--resume_from $W/d/step_00000006" \
+    || fail "damaged latest: rc $rc: $out"
+  $TRAINER "$JOB" "${DATA[@]}" --quiet --set checkpoint.dir="$W/d" --set train.steps=10 \
+    --set checkpoint.every=2 --resume_from "$W/d/step_00000006" --set output.metrics="$W/d.jsonl" \
+    || fail "--resume_from"
+  [ "$(cat "$W/d/latest")" = step_00000010 ] || fail "latest after --resume_from"
+  grep -q '"event": "start", "step": 6' "$W/d.jsonl" || fail "did not resume at step 6"
+  out=$($TRAINER "$JOB" "${DATA[@]}" --quiet --resume_from "$W/d" 2>&1); rc=$?
+  [ $rc = 2 ] && echo "$out" | grep -q "not a checkpoint folder" || fail "--resume_from dir: $out"
+  echo "damaged: latest with a newline loads; --resume_from resumes from an older checkpoint"
+  ;;
+signals)
+  # wait_step FILE N: until the metrics file has reached step N (at most ~20 s).
+  wait_step() {
+    for _ in $(seq 400); do grep -q "\"step\": $2," "$1" 2>/dev/null && return 0; sleep 0.05; done
+    fail "never reached step $2"
+  }
+  S=(--quiet --set train.steps=400 --set train.eval_every=100)
+  $TRAINER "$JOB" "${DATA[@]}" "${S[@]}" --set checkpoint.dir="$W/u" --set output.metrics="$W/u.jsonl" \
+    || fail "uninterrupted run"
+  $TRAINER "$JOB" "${DATA[@]}" "${S[@]}" --set checkpoint.dir="$W/i" \
+    --set output.metrics="$W/i.jsonl" & pid=$!
+  wait_step "$W/i.jsonl" 30
+  kill -TERM $pid; wait $pid; rc=$?
+  [ $rc = 143 ] || fail "SIGTERM: exit $rc (want 143)"
+  stopped=$(grep -o '"event": "stopped", "step": [0-9]*' "$W/i.jsonl" | grep -o '[0-9]*$')
+  [ -n "$stopped" ] && [ "$stopped" -lt 400 ] || fail "no stop line: $(tail -2 "$W/i.jsonl")"
+  [ "$(cat "$W/i/latest")" = "$(printf step_%08d "$stopped")" ] || fail "latest: $(cat "$W/i/latest")"
+  no_tmp "$W/i"
+  $TRAINER "$JOB" "${DATA[@]}" "${S[@]}" --set checkpoint.dir="$W/i" \
+    --set output.metrics="$W/i.jsonl" --resume || fail "resume after SIGTERM"
+  diff <(losses "$W/u.jsonl") <(losses "$W/i.jsonl") || fail "metrics differ after SIGTERM"
+  for f in model.safetensors optimizer.safetensors; do
+    cmp "$W/u/step_00000400/$f" "$W/i/step_00000400/$f" || fail "$f differs after SIGTERM"
+  done
+  # Under mpirun: both ranks signalled (as a scheduler does), both stop after the same step.
+  P=(--set parallel.data=2 --set train.batch_size=1)
+  $MPIRUN -np 2 "$TRAINER" "$JOB" "${DATA[@]}" "${S[@]}" "${P[@]}" --set checkpoint.dir="$W/mu" \
+    --set output.metrics="$W/mu.jsonl" || fail "uninterrupted 2-rank run"
+  $MPIRUN -np 2 "$TRAINER" "$JOB" "${DATA[@]}" "${S[@]}" "${P[@]}" --set checkpoint.dir="$W/mi" \
+    --set output.metrics="$W/mi.jsonl" & mpid=$!
+  wait_step "$W/mi.jsonl" 30
+  ranks=$(pgrep -P $mpid)
+  [ -n "$ranks" ] || fail "no ranks under mpirun"
+  kill -TERM $ranks; wait $mpid; rc=$?
+  [ $rc != 0 ] || fail "mpirun exit 0 after SIGTERM"
+  grep -q '"event": "stopped"' "$W/mi.jsonl" || fail "2 ranks: no stop line"
+  $MPIRUN -np 2 "$TRAINER" "$JOB" "${DATA[@]}" "${S[@]}" "${P[@]}" --set checkpoint.dir="$W/mi" \
+    --set output.metrics="$W/mi.jsonl" --resume || fail "2 ranks: resume after SIGTERM"
+  diff <(losses "$W/mu.jsonl") <(losses "$W/mi.jsonl") || fail "2 ranks: metrics differ"
+  for f in model.safetensors optimizer.safetensors; do
+    cmp "$W/mu/step_00000400/$f" "$W/mi/step_00000400/$f" || fail "2 ranks: $f differs"
+  done
+  echo "signals: SIGTERM saves after the step and exits 143; resuming is bit-identical"
   ;;
 *) fail "unknown case $CASE" ;;
 esac
