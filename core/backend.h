@@ -120,8 +120,7 @@ class Backend {
                               uint16_t* m, int64_t n, const LionCoeffs& c, float grad_scale,
                               const uint8_t* mask) = 0;
   virtual void SgdUpdate(const ExecContext& ctx, float* params, const float* grads, float* buf,
-                         int64_t n, const SgdCoeffs& c, float grad_scale,
-                         const uint8_t* mask) = 0;
+                         int64_t n, const SgdCoeffs& c, float grad_scale, const uint8_t* mask) = 0;
 
   // ---- reductions and elementwise helpers ----------------------------------------------------
   // Both return on the host (a synchronising read on a device): call them when the value is

@@ -1,11 +1,10 @@
-#include "launcher/loop.h"
-
 #include <filesystem>
 #include <optional>
 #include <string>
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
+#include "launcher/loop.h"
 #include "launcher/make_optimizer.h"
 #include "launcher/spec.h"
 
@@ -50,7 +49,6 @@ absl::Status WithOlderCheckpoints(const absl::Status& s, const std::string& dir,
 }
 
 }  // namespace
-
 
 absl::Status BuildSetup(const Job& job, const TrainOptions& options, int data_rank, int data_size,
                         core::ModelMode mode, Setup* s) {

@@ -40,18 +40,18 @@ void AdamW::StepBlock(int stage, float grad_scale) {
   core::Backend& backend = core::BackendFor(b.device());
   const float t = static_cast<float>(step_);  // 1-based after BeginStep
   core::AdamWCoeffs c{.lr = lr_,
-                           .beta1 = config_.beta1,
-                           .beta2 = config_.beta2,
-                           .eps = config_.eps,
-                           .weight_decay = 0.0f,
-                           .bias_correction1 = 1.0f - std::pow(config_.beta1, t),
-                           .bias_correction2 = 1.0f - std::pow(config_.beta2, t),
-                           .llmc_order = config_.variant == AdamWVariant::kLlmc};
+                      .beta1 = config_.beta1,
+                      .beta2 = config_.beta2,
+                      .eps = config_.eps,
+                      .weight_decay = 0.0f,
+                      .bias_correction1 = 1.0f - std::pow(config_.beta1, t),
+                      .bias_correction2 = 1.0f - std::pow(config_.beta2, t),
+                      .llmc_order = config_.variant == AdamWVariant::kLlmc};
   const uint8_t* mask = Mask(stage);
   ForEachDecayRange(stage, [&](int64_t off, int64_t n, bool decay) {
     c.weight_decay = decay ? config_.weight_decay : 0.0f;
     backend.AdamWUpdate(ctx_, b.params().f32() + off, b.grads().f32() + off, m_[stage].f32() + off,
-                           v_[stage].f32() + off, n, c, grad_scale, mask ? mask + off : nullptr);
+                        v_[stage].f32() + off, n, c, grad_scale, mask ? mask + off : nullptr);
   });
 }
 

@@ -39,11 +39,11 @@ void Lion::StepBlock(int stage, float grad_scale) {
   if (!b.grads().defined()) return;  // no backward has reached this block
   core::Backend& backend = core::BackendFor(b.device());
   core::LionCoeffs c{.lr = lr_,
-                          .beta1 = config_.beta1,
-                          .beta2 = config_.beta2,
-                          .weight_decay = 0.0f,
-                          .tanh_direction = config_.direction == LionDirection::kTanh,
-                          .tau = config_.tau};
+                     .beta1 = config_.beta1,
+                     .beta2 = config_.beta2,
+                     .weight_decay = 0.0f,
+                     .tanh_direction = config_.direction == LionDirection::kTanh,
+                     .tau = config_.tau};
   const core::Tensor& m = m_[stage];
   const uint8_t* mask = Mask(stage);
   ForEachDecayRange(stage, [&](int64_t off, int64_t n, bool decay) {

@@ -2,9 +2,9 @@
 
 #include <cmath>
 
-#include "core/backend.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
+#include "core/backend.h"
 #include "core/kernels/cpu/ops.h"
 
 namespace memtrain::optim {

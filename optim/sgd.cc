@@ -38,17 +38,17 @@ void Sgd::StepBlock(int stage, float grad_scale) {
   if (!b.grads().defined()) return;  // no backward has reached this block
   core::Backend& backend = core::BackendFor(b.device());
   core::SgdCoeffs c{.lr = lr_,
-                         .momentum = config_.momentum,
-                         .dampening = config_.dampening,
-                         .weight_decay = 0.0f,
-                         .nesterov = config_.nesterov,
-                         .first_step = step_ == 1};
+                    .momentum = config_.momentum,
+                    .dampening = config_.dampening,
+                    .weight_decay = 0.0f,
+                    .nesterov = config_.nesterov,
+                    .first_step = step_ == 1};
   float* buf = buf_.empty() ? nullptr : buf_[stage].f32();
   const uint8_t* mask = Mask(stage);
   ForEachDecayRange(stage, [&](int64_t off, int64_t n, bool decay) {
     c.weight_decay = decay ? config_.weight_decay : 0.0f;
-    backend.SgdUpdate(ctx_, b.params().f32() + off, b.grads().f32() + off, buf ? buf + off : nullptr,
-                         n, c, grad_scale, mask ? mask + off : nullptr);
+    backend.SgdUpdate(ctx_, b.params().f32() + off, b.grads().f32() + off,
+                      buf ? buf + off : nullptr, n, c, grad_scale, mask ? mask + off : nullptr);
   });
 }
 

@@ -94,9 +94,8 @@ class CpuBackend final : public Backend {
                   const LionCoeffs& c, float grad_scale, const uint8_t* mask) override {
     cpu::LionUpdate(params, grads, m, n, c, grad_scale, mask);
   }
-  void LionUpdateBf16(const ExecContext&, float* params, const float* grads, uint16_t* m,
-                      int64_t n, const LionCoeffs& c, float grad_scale,
-                      const uint8_t* mask) override {
+  void LionUpdateBf16(const ExecContext&, float* params, const float* grads, uint16_t* m, int64_t n,
+                      const LionCoeffs& c, float grad_scale, const uint8_t* mask) override {
     cpu::LionUpdateBf16(params, grads, m, n, c, grad_scale, mask);
   }
   void SgdUpdate(const ExecContext&, float* params, const float* grads, float* buf, int64_t n,
