@@ -70,6 +70,16 @@ losses() {
   grep -v '"event"' "$1" | sed -E 's/, "tokens_per_sec": [0-9.]+, "step_ms": [0-9.]+, "comm_wait_ms": [0-9.]+//'
 }
 
+# Runs a command that must fail with exit 2, print `message` and write nothing under $W/out.
+expect_bad() {  # expect_bad "message" command...
+  local want=$1; shift
+  rm -rf "$W/out"
+  out=$("$@" 2>&1); rc=$?
+  [ $rc = 2 ] || fail "exit code $rc (want 2) for: $* -> $out"
+  echo "$out" | grep -qF -- "$want" || fail "message lacks '$want': $out"
+  [ ! -e "$W/out" ] || fail "something was written for: $*"
+}
+
 case $CASE in
 resume)
   # AdamW (the job's), and Lion with bf16 momentum and clipping.
@@ -110,14 +120,6 @@ dp)
     || fail "data-parallel losses differ from the single-process run"
   ;;
 bad)
-  expect_bad() {  # expect_bad "message" command...
-    local want=$1; shift
-    rm -rf "$W/out"
-    out=$("$@" 2>&1); rc=$?
-    [ $rc = 2 ] || fail "exit code $rc (want 2) for: $* -> $out"
-    echo "$out" | grep -qF -- "$want" || fail "message lacks '$want': $out"
-    [ ! -e "$W/out" ] || fail "something was written for: $*"
-  }
   OUT=(--set checkpoint.dir="$W/out/ckpt" --set output.metrics="$W/out/m.jsonl")
   printf 'train {\n  stepz: 3\n}\n' > "$W/bad.pbtxt"
   expect_bad "bad.pbtxt:2:8:" $TRAINER "$W/bad.pbtxt"
@@ -237,14 +239,6 @@ nonfinite)
   echo "nonfinite: no NaN reaches a checkpoint; SKIP skips; every metrics line is JSON"
   ;;
 outputs)
-  expect_bad() {  # expect_bad "message" command...
-    local want=$1; shift
-    rm -rf "$W/out"
-    out=$("$@" 2>&1); rc=$?
-    [ $rc = 2 ] || fail "exit code $rc (want 2) for: $* -> $out"
-    echo "$out" | grep -qF -- "$want" || fail "message lacks '$want': $out"
-    [ ! -e "$W/out" ] || fail "something was written for: $*"
-  }
   M=(--set output.metrics="$W/out/m.jsonl")
   # A folder as the job spec, with and without --set.
   mkdir -p "$W/jobdir"
