@@ -71,18 +71,33 @@ bool IsStepName(const std::string& n) {
   return std::all_of(n.begin() + 5, n.end(), [](char c) { return c >= '0' && c <= '9'; });
 }
 
-// The index of the first NaN or infinity in `t` (f32 or bf16 on the host), or -1.
-int64_t FirstNonFinite(const core::Tensor& t) {
-  if (!t.defined() || t.device().type != core::DeviceType::kCpu) return -1;
+// The index of the first NaN or infinity in `t` (f32 or bf16, on any device), or -1; *value is
+// that element as a float.
+int64_t FirstNonFinite(const core::Tensor& t, float* value) {
+  if (!t.defined()) return -1;
+  std::vector<char> staging;  // a device tensor's bytes on the host
+  const void* data = t.raw();
+  if (t.device().type != core::DeviceType::kCpu) {
+    staging.resize(t.nbytes());
+    core::BackendFor(t.device())
+        .CopyToHost(core::ExecContext::For(t.device()), staging.data(), t.raw(), t.nbytes());
+    data = staging.data();
+  }
   if (t.dtype() == core::DType::kF32) {
-    const float* p = t.f32();
+    const float* p = static_cast<const float*>(data);
     for (int64_t i = 0; i < t.numel(); ++i) {
-      if (!std::isfinite(p[i])) return i;
+      if (!std::isfinite(p[i])) {
+        *value = p[i];
+        return i;
+      }
     }
   } else if (t.dtype() == core::DType::kBF16) {
-    const uint16_t* p = static_cast<const uint16_t*>(t.raw());
+    const uint16_t* p = static_cast<const uint16_t*>(data);
     for (int64_t i = 0; i < t.numel(); ++i) {
-      if ((p[i] & 0x7f80u) == 0x7f80u) return i;  // exponent all ones: inf or NaN
+      if ((p[i] & 0x7f80u) == 0x7f80u) {  // exponent all ones: inf or NaN
+        *value = core::Bf16ToFloat(p[i]);
+        return i;
+      }
     }
   }
   return -1;
@@ -153,12 +168,13 @@ absl::Status SaveCheckpoint(const std::string& dir, int keep, const TrainState& 
   const std::string final_dir = dir + "/" + name;
   // A NaN or infinity never reaches a checkpoint: refuse before anything is written.
   auto refuse_nonfinite = [&](const std::string& what, const core::Tensor& t) -> absl::Status {
-    const int64_t at = FirstNonFinite(t);
+    float value = 0.0f;
+    const int64_t at = FirstNonFinite(t, &value);
     if (at < 0) return absl::OkStatus();
     return absl::AbortedError(absl::StrFormat(
         "not saving %s: %s holds a non-finite value (%g at index %d), the training diverged; "
         "the checkpoints already in %s are left as they were",
-        final_dir, what, t.dtype() == core::DType::kF32 ? t.f32()[at] : NAN, at, dir));
+        final_dir, what, value, at, dir));
   };
   for (const core::NamedTensor& nt : ModelTensors(model)) {
     MT_RETURN_IF_ERROR(refuse_nonfinite("weight " + nt.name, nt.tensor));

@@ -14,6 +14,7 @@
 #include <cstddef>
 #include <cstdint>
 
+#include "absl/status/status.h"
 #include "core/allocator.h"
 
 namespace memtrain::core {
@@ -58,12 +59,23 @@ struct SgdCoeffs {
   bool first_step;  // initialises the buffer
 };
 
+// The arithmetic of matrix products and attention. kF32: fp32 throughout (the reference). kBf16:
+// operands rounded to bf16 as they enter the tensor cores, fp32 accumulation, fp32 results and
+// fp32 master weights, gradients and optimizer state (as torch.autocast does for linear layers).
+enum class ComputePrecision : uint8_t { kF32, kBf16 };
+const char* ComputePrecisionName(ComputePrecision p);
+
 class Backend {
  public:
   virtual ~Backend() = default;
   virtual DeviceType type() const = 0;
   // Blocks the host until every op enqueued on ctx has finished (a no-op on the CPU).
   virtual void Synchronize(const ExecContext& ctx) = 0;
+
+  // Applies to the ops enqueued after the call. InvalidArgument for a precision the backend
+  // cannot compute in (the CPU backend computes in fp32 only).
+  virtual absl::Status SetComputePrecision(ComputePrecision p);
+  virtual ComputePrecision compute_precision() const { return ComputePrecision::kF32; }
 
   // ---- memory (all pointers on this backend's device) -------------------------------------
   virtual void SetZero(const ExecContext& ctx, void* dst, size_t bytes) = 0;

@@ -5,16 +5,8 @@
 namespace memtrain::core {
 
 std::array<float, 4> NormalsFromBlock(const PhiloxCounter& bits) {
-  constexpr float kTwoPi = 6.283185307179586f;
   std::array<float, 4> z;
-  for (int pair = 0; pair < 2; ++pair) {
-    // u1 in (0, 1] so log(u1) is finite.
-    float u1 = (static_cast<float>(bits[2 * pair] >> 8) + 1.0f) * 0x1.0p-24f;
-    float u2 = UniformFromBits(bits[2 * pair + 1]);
-    float r = std::sqrt(-2.0f * std::log(u1));
-    z[2 * pair] = r * std::cos(kTwoPi * u2);
-    z[2 * pair + 1] = r * std::sin(kTwoPi * u2);
-  }
+  PhiloxNormals(bits.data(), z.data());
   return z;
 }
 
@@ -62,7 +54,8 @@ void FillNormal(absl::Span<float> out, uint64_t seed, uint64_t stream, uint64_t 
                 float std) {
   FillBlocks(out, seed, stream, offset, [mean, std](const PhiloxCounter& bits) {
     std::array<float, 4> v = NormalsFromBlock(bits);
-    for (float& x : v) x = mean + std * x;
+    // An explicit fma, as cuda::FillNormal: contraction must not decide the rounding.
+    for (float& x : v) x = std::fmaf(std, x, mean);
     return v;
   });
 }

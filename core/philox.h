@@ -12,38 +12,31 @@
 #include <cstdint>
 
 #include "absl/types/span.h"
+#include "core/philox_math.h"
 
 namespace memtrain::core {
 
 using PhiloxCounter = std::array<uint32_t, 4>;
 using PhiloxKey = std::array<uint32_t, 2>;
 
-constexpr uint32_t kPhiloxM0 = 0xD2511F53u, kPhiloxM1 = 0xCD9E8D57u;
-constexpr uint32_t kPhiloxW0 = 0x9E3779B9u, kPhiloxW1 = 0xBB67AE85u;
-
+// The rounds and the normals live in core/philox_math.h, shared with the CUDA kernels.
 inline PhiloxCounter Philox4x32_10(PhiloxCounter c, PhiloxKey k) {
-  for (int round = 0; round < 10; ++round) {
-    uint64_t p0 = static_cast<uint64_t>(kPhiloxM0) * c[0];
-    uint64_t p1 = static_cast<uint64_t>(kPhiloxM1) * c[2];
-    c = {static_cast<uint32_t>(p1 >> 32) ^ c[1] ^ k[0], static_cast<uint32_t>(p1),
-         static_cast<uint32_t>(p0 >> 32) ^ c[3] ^ k[1], static_cast<uint32_t>(p0)};
-    k[0] += kPhiloxW0;
-    k[1] += kPhiloxW1;
-  }
+  PhiloxRounds(c.data(), k[0], k[1]);
   return c;
 }
 
 // The four raw words for counter block `block` (= index / 4) of (seed, stream).
 inline PhiloxCounter PhiloxBlock(uint64_t seed, uint64_t stream, uint64_t block) {
-  return Philox4x32_10({static_cast<uint32_t>(block), static_cast<uint32_t>(block >> 32),
-                        static_cast<uint32_t>(stream), static_cast<uint32_t>(stream >> 32)},
-                       {static_cast<uint32_t>(seed), static_cast<uint32_t>(seed >> 32)});
+  PhiloxCounter c;
+  PhiloxBlockBits(seed, stream, block, c.data());
+  return c;
 }
 
 // [0, 1) with 24 random bits.
 inline float UniformFromBits(uint32_t x) { return static_cast<float>(x >> 8) * 0x1.0p-24f; }
 
-// Standard normals for the four lanes of one counter block (two Box-Muller pairs).
+// Standard normals for the four lanes of one counter block (two Box-Muller pairs), bit for bit
+// those of cuda::FillNormal.
 std::array<float, 4> NormalsFromBlock(const PhiloxCounter& bits);
 
 float PhiloxUniform(uint64_t seed, uint64_t stream, uint64_t index);

@@ -2,6 +2,7 @@
 
 #include <cstring>
 #include <fstream>
+#include <vector>
 
 #include "absl/strings/str_format.h"
 #include "core/backend.h"
@@ -89,8 +90,17 @@ absl::StatusOr<FileDigest> WriteSafetensors(const std::string& path,
   MT_RETURN_IF_ERROR(WriteFileAtomically(path, [&](std::FILE* f) -> absl::Status {
     MT_RETURN_IF_ERROR(put(f, &n, 8));
     MT_RETURN_IF_ERROR(put(f, text.data(), text.size()));
+    std::vector<char> staging;  // a device tensor's bytes, read back to the host
     for (const NamedTensor& nt : tensors) {
-      MT_RETURN_IF_ERROR(put(f, nt.tensor.raw(), nt.tensor.nbytes()));
+      const Tensor& t = nt.tensor;
+      if (t.device().type == DeviceType::kCpu) {
+        MT_RETURN_IF_ERROR(put(f, t.raw(), t.nbytes()));
+      } else {
+        staging.resize(t.nbytes());
+        BackendFor(t.device())
+            .CopyToHost(ExecContext::For(t.device()), staging.data(), t.raw(), t.nbytes());
+        MT_RETURN_IF_ERROR(put(f, staging.data(), staging.size()));
+      }
     }
     return absl::OkStatus();
   }));

@@ -8,6 +8,7 @@
 #include <memory>
 #include <vector>
 
+#include "parallel/nccl_communicator.h"
 #include "absl/strings/str_format.h"
 #include "launcher/loop.h"
 #include "parallel/data_parallel.h"
@@ -32,7 +33,14 @@ class BackpropStrategy : public LoopStrategy {
     T_ = t.seq_len();
     accum_ = t.grad_accum();
     D_ = ctx.grid.data().size();
-    ddp_ = std::make_unique<parallel::DataParallelHooks>(&ctx.grid.data_sequence());
+    parallel::Communicator* grads_comm = &ctx.grid.data_sequence();
+    // Gradients on a GPU are reduced by NCCL (bootstrapped over the host communicator).
+    if (ctx.engine.context().device.type == core::DeviceType::kCuda && grads_comm->size() > 1) {
+      MT_ASSIGN_OR_RETURN(nccl_,
+                          parallel::CreateNcclCommunicator(*grads_comm, ctx.engine.context()));
+      grads_comm = nccl_.get();
+    }
+    ddp_ = std::make_unique<parallel::DataParallelHooks>(grads_comm);
     ctx.engine.AddHooks(ddp_.get());
     inputs_.resize(static_cast<size_t>(B_) * T_);
     targets_.resize(inputs_.size());
@@ -87,6 +95,7 @@ class BackpropStrategy : public LoopStrategy {
   const Job& job_;
   LoopContext* ctx_ = nullptr;
   int B_ = 0, T_ = 0, accum_ = 1, D_ = 1;
+  std::unique_ptr<parallel::Communicator> nccl_;  // declared first: the hooks use it
   std::unique_ptr<parallel::DataParallelHooks> ddp_;
   std::vector<int32_t> inputs_, targets_;
 };

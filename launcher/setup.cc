@@ -4,6 +4,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
+#include "core/cuda.h"
 #include "launcher/loop.h"
 #include "launcher/make_optimizer.h"
 #include "launcher/spec.h"
@@ -49,6 +50,41 @@ absl::Status WithOlderCheckpoints(const absl::Status& s, const std::string& dir,
 }
 
 }  // namespace
+
+// The GPU of this rank: its index among the ranks of its node (as the MPI launcher numbers
+// them) modulo the node's GPUs.
+absl::StatusOr<core::Device> TrainDevice(const Train& t) {
+  if (t.device() != "cuda") return core::Device::Cpu();
+  int local = 0;
+  for (const char* var : {"OMPI_COMM_WORLD_LOCAL_RANK", "MPI_LOCALRANKID", "SLURM_LOCALID"}) {
+    if (const char* v = std::getenv(var); v != nullptr) {
+      local = std::atoi(v);
+      break;
+    }
+  }
+  const int gpus = core::CudaDeviceCount();
+  if (gpus == 0) {
+    return absl::FailedPreconditionError(absl::StrFormat(
+        "train.device = \"cuda\" but %s; set train.device = \"cpu\"",
+        core::CudaUnavailableReason()));
+  }
+  const int index = local % gpus;
+  MT_RETURN_IF_ERROR(core::InitCuda(index));
+  return core::Device::Cuda(index);
+}
+
+// The same weights on `device` (models are read and initialised on the host).
+absl::StatusOr<std::unique_ptr<core::GPT2>> ToDevice(std::unique_ptr<core::GPT2> m,
+                                                     core::Device device) {
+  if (m->block(0).device() == device) return m;
+  MT_ASSIGN_OR_RETURN(std::unique_ptr<core::GPT2> out, core::GPT2::Create(m->config(), device));
+  core::Backend& be = core::BackendFor(device);
+  for (int s = 0; s < m->num_stages(); ++s) {
+    be.CopyFromHost(core::ExecContext::For(device), out->block(s).params().raw(),
+                    m->block(s).params().raw(), m->block(s).params().nbytes());
+  }
+  return out;
+}
 
 absl::Status BuildSetup(const Job& job, const TrainOptions& options, int data_rank, int data_size,
                         core::ModelMode mode, Setup* s) {
@@ -96,6 +132,10 @@ absl::Status BuildSetup(const Job& job, const TrainOptions& options, int data_ra
     MT_ASSIGN_OR_RETURN(s->model, core::GPT2::Create(ToGPT2Config(job.model().gpt())));
     s->model->InitWeights(job.model().init_seed());
   }
+  MT_ASSIGN_OR_RETURN(const core::Device device, TrainDevice(t));
+  MT_ASSIGN_OR_RETURN(s->model, ToDevice(std::move(s->model), device));
+  MT_RETURN_IF_ERROR(core::BackendFor(device).SetComputePrecision(
+      t.precision() == Train::BF16 ? core::ComputePrecision::kBf16 : core::ComputePrecision::kF32));
   MT_RETURN_IF_ERROR(s->model->Prepare({.B = t.batch_size(), .T = t.seq_len(), .mode = mode}));
   const int vocab = s->model->config().vocab_size;
 

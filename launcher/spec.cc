@@ -236,6 +236,15 @@ absl::Status ValidateJob(const Job& job, int world_size) {
   MT_RETURN_IF_ERROR(AtLeast("train.eval_batches", t.eval_batches(), 1));
   MT_RETURN_IF_ERROR(AtLeast("train.log_every", t.log_every(), 1));
   MT_RETURN_IF_ERROR(AtLeast("train.max_consecutive_skips", t.max_consecutive_skips(), 0));
+  if (t.device() != "cpu" && t.device() != "cuda") {
+    return Bad("train.device", absl::StrCat("\"", t.device(), "\""),
+               "must be \"cpu\" or \"cuda\"");
+  }
+  if (t.precision() == Train::BF16 && t.device() != "cuda") {
+    return Bad("train.precision", "BF16",
+               "bf16 compute runs on the GPU: set train.device = \"cuda\" (the CPU computes in "
+               "fp32)");
+  }
   // The optimizer's own validation (optim::*Config::Validate), with job-spec field names.
   MT_RETURN_IF_ERROR(ValidateOptimizerSpec(job.optimizer()));
   if (!(job.optimizer().clip_grad_norm() >= 0)) {

@@ -40,7 +40,7 @@ class Work {
   static Work Done(absl::Status s = absl::OkStatus());
   absl::Status Wait() const { return done_.valid() ? done_.get() : absl::OkStatus(); }
   absl::Status WaitOn(const core::ExecContext& ctx) const {
-    if (stream_wait_ && ctx.stream != nullptr) return stream_wait_(ctx);
+    if (stream_wait_ && ctx.device.type != core::DeviceType::kCpu) return stream_wait_(ctx);
     return Wait();
   }
 

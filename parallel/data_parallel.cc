@@ -5,6 +5,7 @@ namespace memtrain::parallel {
 absl::Status DataParallelHooks::AfterBackward(const core::StageEvent& e) {
   if (!sync_ || comm_->size() == 1 || e.block->numel() == 0) return absl::OkStatus();
   if (pending_.size() <= static_cast<size_t>(e.stage)) pending_.resize(e.stage + 1);
+  ctx_ = *e.ctx;
   // The stage's gradient is complete in e.ctx's order; on a device the collective must start
   // after it (a host communicator sees finished CPU work).
   pending_[e.stage] =
@@ -14,7 +15,7 @@ absl::Status DataParallelHooks::AfterBackward(const core::StageEvent& e) {
 
 absl::Status DataParallelHooks::WaitStage(int stage) {
   if (static_cast<size_t>(stage) >= pending_.size()) return absl::OkStatus();
-  absl::Status s = pending_[stage].Wait();
+  absl::Status s = pending_[stage].WaitOn(ctx_);
   pending_[stage] = Work();
   return s;
 }

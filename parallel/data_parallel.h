@@ -38,6 +38,9 @@ class DataParallelHooks : public core::StageHooks {
   Communicator* comm_;
   bool sync_ = true;
   std::vector<Work> pending_;  // by stage
+  // The context backward ran in: WaitStage orders it after a stage's reduction without blocking
+  // the host where the communicator can (NCCL on a GPU); on the CPU it is a host wait.
+  core::ExecContext ctx_ = core::ExecContext::For(core::Device::Cpu());
 };
 
 }  // namespace memtrain::parallel

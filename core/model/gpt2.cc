@@ -195,6 +195,18 @@ absl::Status GPT2::Prepare(const PrepareOptions& o) {
     losses_.push_back(std::move(l));
   }
   valid_targets_.assign(lanes, 0);
+  dev_inputs_.clear();
+  dev_targets_.clear();
+  if (device_.type != DeviceType::kCpu) {
+    for (int k = 0; k < lanes; ++k) {
+      MT_ASSIGN_OR_RETURN(Tensor in, Tensor::Empty({B, T}, DType::kI32, MemoryTag::kActivations,
+                                                   device_));
+      MT_ASSIGN_OR_RETURN(Tensor tg, Tensor::Empty({B, T}, DType::kI32, MemoryTag::kActivations,
+                                                   device_));
+      dev_inputs_.push_back(std::move(in));
+      dev_targets_.push_back(std::move(tg));
+    }
+  }
   if (training) {
     MT_ASSIGN_OR_RETURN(dres_[0], scratch({B, T, C}));
     MT_ASSIGN_OR_RETURN(dres_[1], scratch({B, T, C}));
@@ -223,6 +235,8 @@ int64_t GPT2::activation_bytes() const {
   for (const BlockActs& a : acts_) n += a.flat.nbytes();
   for (const Tensor& t : resid_) n += t.nbytes();
   for (const Tensor& t : losses_) n += t.nbytes();
+  for (const Tensor& t : dev_inputs_) n += t.nbytes();
+  for (const Tensor& t : dev_targets_) n += t.nbytes();
   return n;
 }
 
@@ -253,6 +267,14 @@ absl::Status GPT2::ValidateBatch(const Batch& batch) const {
   return absl::OkStatus();
 }
 
+const int32_t* GPT2::Inputs(const Batch& batch, int lane) const {
+  return dev_inputs_.empty() ? batch.inputs : dev_inputs_[lane].i32();
+}
+
+const int32_t* GPT2::Targets(const Batch& batch, int lane) const {
+  return dev_targets_.empty() ? batch.targets : dev_targets_[lane].i32();
+}
+
 float* GPT2::Resid(int i, int lane) const {
   return IsTrainingMode(mode_) ? resid_[i].f32() : resid_[2 * lane + (i & 1)].f32();
 }
@@ -261,7 +283,14 @@ absl::Status GPT2::ForwardStage(int stage, const Batch& batch, Pass pass, int la
                                 const ExecContext& ctx) {
   if (stage == kEmbeddingStage) {
     const ParamBlock& e = blocks_[0];
-    be_->EmbeddingForward(ctx, Resid(0, lane), batch.inputs, e.param("wte").f32(),
+    if (!dev_inputs_.empty()) {  // the batch is on the host; the kernels read the device's copy
+      const size_t bytes = static_cast<size_t>(B_) * T_ * sizeof(int32_t);
+      be_->CopyFromHost(ctx, dev_inputs_[lane].raw(), batch.inputs, bytes);
+      if (batch.targets != nullptr) {
+        be_->CopyFromHost(ctx, dev_targets_[lane].raw(), batch.targets, bytes);
+      }
+    }
+    be_->EmbeddingForward(ctx, Resid(0, lane), Inputs(batch, lane), e.param("wte").f32(),
                           e.param("wpe").f32(), B_, T_, config_.n_embd, batch.pos_offset);
   } else if (stage == head_stage()) {
     HeadForward(batch, lane, ctx);
@@ -278,7 +307,7 @@ absl::Status GPT2::BackwardStage(int stage, const Batch& batch, float loss_scale
   if (stage == kEmbeddingStage) {
     const ParamBlock& e = blocks_[0];
     be_->EmbeddingBackward(ctx, e.grad("wte").f32(), e.grad("wpe").f32(), dres_[cur_dres_].f32(),
-                           batch.inputs, B_, T_, config_.n_embd, batch.pos_offset);
+                           Inputs(batch, 0), B_, T_, config_.n_embd, batch.pos_offset);
   } else if (stage == head_stage()) {
     HeadBackward(batch, loss_scale, ctx);
   } else {
@@ -357,7 +386,8 @@ void GPT2::HeadForward(const Batch& batch, int lane, const ExecContext& ctx) {
                      nullptr, N, C, config_.padded_vocab_size);
   valid_targets_[lane] = 0;
   if (batch.targets == nullptr) return;
-  be_->CrossEntropyForward(ctx, losses_[lane].f32(), lse_.f32(), logits_.f32(), batch.targets, N,
+  be_->CrossEntropyForward(ctx, losses_[lane].f32(), lse_.f32(), logits_.f32(),
+                           Targets(batch, lane), N,
                            config_.vocab_size, config_.padded_vocab_size);
   // The targets live on the host: counting them needs no device read.
   int valid = 0;
@@ -381,7 +411,7 @@ void GPT2::HeadBackward(const Batch& batch, float loss_scale, const ExecContext&
   const ParamBlock& h = blocks_[head_stage()];
   const float dloss = valid_targets_[0] ? loss_scale / valid_targets_[0] : 0.0f;
   float* dlogits = logits_.f32();  // in place: the logits are not needed any more
-  be_->CrossEntropyBackward(ctx, dlogits, logits_.f32(), lse_.f32(), batch.targets, dloss, N,
+  be_->CrossEntropyBackward(ctx, dlogits, logits_.f32(), lse_.f32(), Targets(batch, 0), dloss, N,
                             config_.vocab_size, Vp);
   be_->MatmulBackward(ctx, dbuf_.f32(), blocks_[0].grad("wte").f32(), nullptr, dlogits, lnf_.f32(),
                       blocks_[0].param("wte").f32(), N, C, Vp);

@@ -138,6 +138,11 @@ class GPT2 : public Model {
   Tensor lse_;                        // (B, T)
   std::vector<Tensor> losses_;        // (B, T) per lane
   std::vector<int> valid_targets_;    // per lane
+  // The batch's token ids on the model's device when that is not the host: inputs and targets
+  // (B, T) per lane, uploaded by the embedding stage (undefined on the CPU, which reads the batch).
+  std::vector<Tensor> dev_inputs_, dev_targets_;
+  const int32_t* Inputs(const Batch& batch, int lane) const;
+  const int32_t* Targets(const Batch& batch, int lane) const;
   // Backward scratch shared by all blocks (training modes only).
   Tensor dres_[2];  // (B, T, C) residual-stream gradient, ping-pong
   Tensor dbuf_;     // (B, T, C)

@@ -13,6 +13,9 @@
 #             checkpoint folder is left, --set with a bad value prints one clean message
 #   ranks     ranks started with another job, options or build stop at once with exit 2
 #   damaged   `latest` with a newline; a damaged newest checkpoint names --resume_from, which works
+#   gpu       train.device "cuda": 20 steps match the CPU run (1e-5 relative), 10 + 10 steps with
+#             --resume are bit-identical to 20 on the GPU, BF16 trains; exit 77 (skipped) without
+#             a GPU
 #   signals   SIGTERM mid-run (one process, and both ranks of mpirun -np 2): a checkpoint after the
 #             step, exit 143, and --resume ends bit-identical to an uninterrupted run
 # Usage: trainer_test.sh BUILD_DIR SOURCE_DIR CASE
@@ -81,6 +84,38 @@ expect_bad() {  # expect_bad "message" command...
 }
 
 case $CASE in
+gpu)
+  out=$($TRAINER "$JOB" "${DATA[@]}" --quiet --set train.device=cuda --set train.steps=1 2>&1)
+  if echo "$out" | grep -q 'train.device = "cuda" but'; then
+    echo "gpu: skipped: $out"
+    exit 77
+  fi
+  $TRAINER "$JOB" "${DATA[@]}" --quiet --set output.metrics="$W/cpu.jsonl" || fail "cpu run"
+  $TRAINER "$JOB" "${DATA[@]}" --quiet --set train.device=cuda --set checkpoint.dir="$W/g" \
+    --set output.metrics="$W/gpu.jsonl" || fail "gpu run"
+  paste <(losses "$W/gpu.jsonl" | grep -o '"loss": [0-9.e+-]*' | cut -d' ' -f2) \
+        <(losses "$W/cpu.jsonl" | grep -o '"loss": [0-9.e+-]*' | cut -d' ' -f2) |
+    awk '{ n++; d = $1 - $2; if (d < 0) d = -d; r = d / $2; if (r > worst) worst = r
+           if (r > 1e-5) { print "step " n ": gpu " $1 " cpu " $2; bad = 1 } }
+         END { printf "gpu: largest relative loss difference to the CPU over %d steps: %.3g\n", n, worst
+               if (n != 20 || bad) exit 1 }' || fail "GPU losses differ from the CPU run"
+  $TRAINER "$JOB" "${DATA[@]}" --quiet --set train.device=cuda --set checkpoint.dir="$W/h" \
+    --set output.metrics="$W/h.jsonl" --stop_after 10 || fail "gpu first half"
+  $TRAINER "$JOB" "${DATA[@]}" --quiet --set train.device=cuda --set checkpoint.dir="$W/h" \
+    --set output.metrics="$W/h.jsonl" --resume || fail "gpu resumed half"
+  diff <(losses "$W/gpu.jsonl") <(losses "$W/h.jsonl") || fail "gpu: resumed metrics differ"
+  for f in model.safetensors optimizer.safetensors; do
+    cmp "$W/g/step_00000020/$f" "$W/h/step_00000020/$f" || fail "gpu: resumed $f differs"
+  done
+  $TRAINER "$JOB" "${DATA[@]}" --quiet --set train.device=cuda --set train.precision=BF16 \
+    --set output.metrics="$W/bf16.jsonl" || fail "bf16 run"
+  paste <(losses "$W/bf16.jsonl" | grep -o '"loss": [0-9.e+-]*' | cut -d' ' -f2) \
+        <(losses "$W/cpu.jsonl" | grep -o '"loss": [0-9.e+-]*' | cut -d' ' -f2) |
+    awk '{ n++; d = $1 - $2; if (d < 0) d = -d; r = d / $2; if (r > worst) worst = r; last = $1; first = first ? first : $1 }
+         END { printf "gpu: bf16 loss %.4f -> %.4f, largest relative difference to fp32 CPU %.3g\n", first, last, worst
+               if (n != 20 || worst > 0.02) exit 1 }' || fail "BF16 run strays from fp32"
+  echo "gpu: CPU == GPU within 1e-5, GPU resume bit-identical, bf16 within 2e-2"
+  ;;
 resume)
   # AdamW (the job's), and Lion with bf16 momentum and clipping.
   for opt in adamw lion; do
@@ -126,6 +161,9 @@ bad)
   printf 'train { steps: "ten" }\n' > "$W/bad2.pbtxt"
   expect_bad "bad2.pbtxt:1:16:" $TRAINER "$W/bad2.pbtxt"
   expect_bad "started with 2 ranks" $MPIRUN -np 2 "$TRAINER" "$JOB" "${DATA[@]}" "${OUT[@]}"
+  expect_bad 'train.device = "tpu"' $TRAINER "$JOB" "${DATA[@]}" "${OUT[@]}" --set train.device=tpu
+  expect_bad "train.precision = BF16" $TRAINER "$JOB" "${DATA[@]}" "${OUT[@]}" \
+    --set train.precision=BF16
   # A damaged file on one rank only: both ranks stop with exit 2, the error is printed once, and
   # an existing metrics file is left as it was.
   mkdir -p "$W/keep"; echo '{"step": 1, "loss": 1}' > "$W/keep/m.jsonl"

@@ -5,6 +5,7 @@
 #include <array>
 #include <cstring>
 
+#include "absl/strings/str_format.h"
 #include "core/kernels/cpu/ops.h"
 #include "core/philox.h"
 #include "core/status.h"
@@ -130,6 +131,18 @@ CpuBackend cpu_backend;
 std::array<Backend*, 2> backends = {&cpu_backend, nullptr};
 
 }  // namespace
+
+const char* ComputePrecisionName(ComputePrecision p) {
+  return p == ComputePrecision::kBf16 ? "bf16" : "fp32";
+}
+
+absl::Status Backend::SetComputePrecision(ComputePrecision p) {
+  if (p == ComputePrecision::kF32) return absl::OkStatus();
+  return absl::InvalidArgumentError(absl::StrFormat(
+      "compute precision %s is not available on the %s backend, which computes in fp32; run on "
+      "a CUDA device for bf16",
+      ComputePrecisionName(p), type() == DeviceType::kCpu ? "CPU" : "CUDA"));
+}
 
 Backend& BackendFor(Device device) {
   Backend* b = backends[static_cast<int>(device.type)];
