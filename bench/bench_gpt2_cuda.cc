@@ -4,6 +4,8 @@
 // (989 TFLOP/s dense bf16 for H100/H200 SXM) and against what this GPU reached.
 //
 //   bench_gpt2_cuda [--batches 4,8,16] [--steps 10] [--precision both|bf16|fp32] [--T 1024]
+//                   [--profile 1]   (then also GPU ms per op per step; step times include the
+//                                    events' small cost, so quote them from a run without it)
 //
 // FLOPs per token as llm.c counts them: 6*N + 6*L*C*T (N = parameters, counted with the tied
 // embedding once).
@@ -32,6 +34,7 @@ namespace {
 
 constexpr double kDatasheetBf16 = 989.4e12;  // H100/H200 SXM dense bf16
 const core::Device kGpu = core::Device::Cuda(0);
+bool g_profile = false;  // --profile 1: per-op GPU time of the measured steps (slows them a little)
 
 double Seconds(Clock::time_point a, Clock::time_point b) {
   return std::chrono::duration<double>(b - a).count();
@@ -69,8 +72,8 @@ struct Row {
 
 Row Run(core::ComputePrecision p, int B, int T, int steps) {
   core::ResetPeakMemory(kGpu);
-  core::GPT2Config cfg{.max_seq_len = 1024, .vocab_size = 50257, .n_layer = 12, .n_head = 12,
-                       .n_embd = 768};
+  core::GPT2Config cfg{
+      .max_seq_len = 1024, .vocab_size = 50257, .n_layer = 12, .n_head = 12, .n_embd = 768};
   auto model = core::GPT2::Create(cfg, kGpu).value();
   cfg = model->config();
   model->InitWeights(1);
@@ -92,6 +95,7 @@ Row Run(core::ComputePrecision p, int B, int T, int steps) {
     if (s == 2) {
       be.Synchronize(ctx);
       start = Clock::now();
+      core::CudaProfile(g_profile);
     }
     MT_CHECK_OK(engine.Forward(batch));
     engine.ZeroGrad();
@@ -101,18 +105,25 @@ Row Run(core::ComputePrecision p, int B, int T, int steps) {
   }
   be.Synchronize(ctx);
   const double t = Seconds(start, Clock::now()) / steps;
+  core::CudaProfile(false);
+  const std::string profile = g_profile ? core::CudaProfileReport(steps) : "";
   last_loss = model->Loss(0);
   MT_CHECK_OK(be.SetComputePrecision(core::ComputePrecision::kF32));
   const double N = static_cast<double>(model->num_parameters());
   const double flops_per_token = 6.0 * N + 6.0 * cfg.n_layer * cfg.n_embd * double(T);
   const double tokens = double(B) * T;
-  std::printf("  %-4s B=%-2d T=%d  step %7.1f ms  %9.0f tokens/s  %6.1f TFLOP/s  loss %.3f -> %.3f"
-              "  peak %.1f GiB\n",
-              core::ComputePrecisionName(p), B, T, 1e3 * t, tokens / t,
-              flops_per_token * tokens / t / 1e12, first_loss, last_loss,
-              core::GetMemoryStats(kGpu).peak / 1073741824.0);
+  std::printf(
+      "  %-4s B=%-2d T=%d  step %7.1f ms  %9.0f tokens/s  %6.1f TFLOP/s  loss %.3f -> %.3f"
+      "  peak %.1f GiB\n",
+      core::ComputePrecisionName(p), B, T, 1e3 * t, tokens / t, flops_per_token * tokens / t / 1e12,
+      first_loss, last_loss, core::GetMemoryStats(kGpu).peak / 1073741824.0);
+  if (!profile.empty()) std::printf("%s", profile.c_str());
   std::fflush(stdout);
-  return {core::ComputePrecisionName(p), B, 1e3 * t, tokens / t, flops_per_token * tokens / t,
+  return {core::ComputePrecisionName(p),
+          B,
+          1e3 * t,
+          tokens / t,
+          flops_per_token * tokens / t,
           core::GetMemoryStats(kGpu).peak / 1073741824.0};
 }
 
@@ -136,6 +147,8 @@ int main(int argc, char** argv) {
       T = std::atoi(value.c_str());
     } else if (flag == "--precision") {
       precision = value;
+    } else if (flag == "--profile") {
+      g_profile = value == "1";
     } else {
       std::fprintf(stderr, "unknown flag %s; flags: --batches --steps --T --precision\n",
                    flag.c_str());
@@ -150,14 +163,15 @@ int main(int argc, char** argv) {
   std::printf("GPU: %s\n", core::CudaDeviceDescription(0).c_str());
   const double peak_bf16 = ProductPeak(core::ComputePrecision::kBf16);
   const double peak_f32 = ProductPeak(core::ComputePrecision::kF32);
-  std::printf("backend product 8192^3: bf16 %.1f TFLOP/s (%.1f%% of the 989.4 datasheet), fp32 "
-              "%.1f TFLOP/s\n",
-              peak_bf16 / 1e12, 100 * peak_bf16 / kDatasheetBf16, peak_f32 / 1e12);
+  std::printf(
+      "backend product 8192^3: bf16 %.1f TFLOP/s (%.1f%% of the 989.4 datasheet), fp32 "
+      "%.1f TFLOP/s\n",
+      peak_bf16 / 1e12, 100 * peak_bf16 / kDatasheetBf16, peak_f32 / 1e12);
   std::vector<Row> rows;
   for (const char* p : {"bf16", "fp32"}) {
     if (precision != "both" && precision != p) continue;
-    const auto cp = std::strcmp(p, "bf16") == 0 ? core::ComputePrecision::kBf16
-                                                 : core::ComputePrecision::kF32;
+    const auto cp =
+        std::strcmp(p, "bf16") == 0 ? core::ComputePrecision::kBf16 : core::ComputePrecision::kF32;
     for (int B : batches) rows.push_back(Run(cp, B, T, steps));
   }
   std::printf("\nprecision  B   tokens/s   MFU(datasheet bf16)  MFU(measured %s peak)\n", "same");

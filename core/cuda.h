@@ -22,6 +22,11 @@ std::string CudaUnavailableReason();
 // Selects GPU `device_index` for this process and registers the CUDA backend and allocator for
 // Device::Cuda(device_index). Idempotent. FailedPrecondition without a usable GPU.
 absl::Status InitCuda(int device_index = 0);
+// Per-op GPU time: while on (or with MEMTRAIN_CUDA_PROFILE=1 in the environment at InitCuda),
+// every backend op is timed with CUDA events on its stream. The report synchronises, lists ms
+// per step (the total divided by `steps`) by op, and starts a new count.
+void CudaProfile(bool on);
+std::string CudaProfileReport(int steps);
 // The GPU's name and memory, for logs ("NVIDIA H200, 139.8 GiB, sm_90").
 std::string CudaDeviceDescription(int device_index = 0);
 

@@ -10,6 +10,8 @@ std::string CudaUnavailableReason() {
          "configured; install the CUDA toolkit and reconfigure with -DMEMTRAIN_CUDA=ON)";
 }
 absl::Status InitCuda(int) { return absl::FailedPreconditionError(CudaUnavailableReason()); }
+void CudaProfile(bool) {}
+std::string CudaProfileReport(int) { return ""; }
 std::string CudaDeviceDescription(int) { return "no CUDA"; }
 
 }  // namespace memtrain::core

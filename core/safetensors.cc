@@ -63,11 +63,6 @@ absl::StatusOr<FileDigest> WriteSafetensors(const std::string& path,
   Json header = Json::object();
   int64_t offset = 0;
   for (const NamedTensor& nt : tensors) {
-    if (nt.tensor.device().type != DeviceType::kCpu) {
-      return absl::InvalidArgumentError(
-          absl::StrFormat("%s: tensor %s is on %s; copy it to the host first", path, nt.name,
-                          nt.tensor.device().ToString()));
-    }
     Json shape = Json::array();
     for (int64_t d : nt.tensor.shape()) shape.push_back(d);
     const int64_t bytes = static_cast<int64_t>(nt.tensor.nbytes());

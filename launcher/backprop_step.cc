@@ -8,10 +8,10 @@
 #include <memory>
 #include <vector>
 
-#include "parallel/nccl_communicator.h"
 #include "absl/strings/str_format.h"
 #include "launcher/loop.h"
 #include "parallel/data_parallel.h"
+#include "parallel/nccl_communicator.h"
 
 namespace memtrain::launcher {
 namespace {

@@ -64,9 +64,9 @@ absl::StatusOr<core::Device> TrainDevice(const Train& t) {
   }
   const int gpus = core::CudaDeviceCount();
   if (gpus == 0) {
-    return absl::FailedPreconditionError(absl::StrFormat(
-        "train.device = \"cuda\" but %s; set train.device = \"cpu\"",
-        core::CudaUnavailableReason()));
+    return absl::FailedPreconditionError(
+        absl::StrFormat("train.device = \"cuda\" but %s; set train.device = \"cpu\"",
+                        core::CudaUnavailableReason()));
   }
   const int index = local % gpus;
   MT_RETURN_IF_ERROR(core::InitCuda(index));

@@ -237,8 +237,7 @@ absl::Status ValidateJob(const Job& job, int world_size) {
   MT_RETURN_IF_ERROR(AtLeast("train.log_every", t.log_every(), 1));
   MT_RETURN_IF_ERROR(AtLeast("train.max_consecutive_skips", t.max_consecutive_skips(), 0));
   if (t.device() != "cpu" && t.device() != "cuda") {
-    return Bad("train.device", absl::StrCat("\"", t.device(), "\""),
-               "must be \"cpu\" or \"cuda\"");
+    return Bad("train.device", absl::StrCat("\"", t.device(), "\""), "must be \"cpu\" or \"cuda\"");
   }
   if (t.precision() == Train::BF16 && t.device() != "cuda") {
     return Bad("train.precision", "BF16",

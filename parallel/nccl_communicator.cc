@@ -44,9 +44,8 @@ absl::StatusOr<ncclDataType_t> ReduceType(core::DType t) {
     case core::DType::kU16:
       break;
   }
-  return absl::InvalidArgumentError(
-      absl::StrFormat("NCCL cannot reduce %s elements; reduce f32, bf16, i32, f64 or u8",
-                      core::DTypeName(t)));
+  return absl::InvalidArgumentError(absl::StrFormat(
+      "NCCL cannot reduce %s elements; reduce f32, bf16, i32, f64 or u8", core::DTypeName(t)));
 }
 
 ncclRedOp_t RedOp(ReduceOp op) {
@@ -73,8 +72,8 @@ class NcclCommunicator final : public Communicator {
   }
 
   absl::Status Init() {
-    MT_RETURN_IF_ERROR(CudaStatus(cudaStreamCreateWithFlags(&stream_, cudaStreamNonBlocking),
-                                  "cudaStreamCreate"));
+    MT_RETURN_IF_ERROR(
+        CudaStatus(cudaStreamCreateWithFlags(&stream_, cudaStreamNonBlocking), "cudaStreamCreate"));
     return CudaStatus(cudaMalloc(&barrier_, sizeof(float)), "cudaMalloc");
   }
 
@@ -89,9 +88,8 @@ class NcclCommunicator final : public Communicator {
     });
   }
   Work AllGather(const void* send, void* recv, int64_t count, core::DType dtype) override {
-    return Enqueue([&] {
-      return ncclAllGather(send, recv, Bytes(count, dtype), ncclUint8, comm_, stream_);
-    });
+    return Enqueue(
+        [&] { return ncclAllGather(send, recv, Bytes(count, dtype), ncclUint8, comm_, stream_); });
   }
   Work ReduceScatter(const void* send, void* recv, int64_t count, core::DType dtype,
                      ReduceOp op) override {
@@ -138,10 +136,12 @@ class NcclCommunicator final : public Communicator {
   }
   // NCCL orders point-to-point messages per pair of ranks; the tag is not needed.
   Work Send(const void* data, int64_t count, core::DType dtype, int dst, int) override {
-    return Enqueue([&] { return ncclSend(data, Bytes(count, dtype), ncclUint8, dst, comm_, stream_); });
+    return Enqueue(
+        [&] { return ncclSend(data, Bytes(count, dtype), ncclUint8, dst, comm_, stream_); });
   }
   Work Recv(void* data, int64_t count, core::DType dtype, int src, int) override {
-    return Enqueue([&] { return ncclRecv(data, Bytes(count, dtype), ncclUint8, src, comm_, stream_); });
+    return Enqueue(
+        [&] { return ncclRecv(data, Bytes(count, dtype), ncclUint8, src, comm_, stream_); });
   }
   Work Barrier() override {
     Work w = AllReduce(barrier_, 1, core::DType::kF32, ReduceOp::kSum);
@@ -173,8 +173,7 @@ class NcclCommunicator final : public Communicator {
   Work Enqueue(Op op) {
     cudaEvent_t ready = nullptr, done_raw = nullptr;
     MT_CUDA_OR_DONE(cudaEventCreateWithFlags(&ready, cudaEventDisableTiming));
-    MT_CUDA_OR_DONE(
-        cudaEventRecord(ready, static_cast<cudaStream_t>(compute_.stream)));
+    MT_CUDA_OR_DONE(cudaEventRecord(ready, static_cast<cudaStream_t>(compute_.stream)));
     MT_CUDA_OR_DONE(cudaStreamWaitEvent(stream_, ready, 0));
     cudaEventDestroy(ready);  // released once recorded work completes
     MT_NCCL_OR_DONE(op());
@@ -190,9 +189,8 @@ class NcclCommunicator final : public Communicator {
           return NcclStatus(async_err, "collective");
         }).share();
     return Work(std::move(f), [done](const core::ExecContext& ctx) {
-      return CudaStatus(
-          cudaStreamWaitEvent(static_cast<cudaStream_t>(ctx.stream), done.get(), 0),
-          "cudaStreamWaitEvent");
+      return CudaStatus(cudaStreamWaitEvent(static_cast<cudaStream_t>(ctx.stream), done.get(), 0),
+                        "cudaStreamWaitEvent");
     });
   }
 
@@ -232,8 +230,8 @@ absl::StatusOr<std::unique_ptr<Communicator>> CreateNcclCommunicator(
   }
   const ncclUniqueId& id = msg.id;
   ncclComm_t comm = nullptr;
-  MT_RETURN_IF_ERROR(NcclStatus(ncclCommInitRank(&comm, bootstrap.size(), id, bootstrap.rank()),
-                                "CommInitRank"));
+  MT_RETURN_IF_ERROR(
+      NcclStatus(ncclCommInitRank(&comm, bootstrap.size(), id, bootstrap.rank()), "CommInitRank"));
   auto c = std::make_unique<NcclCommunicator>(comm, bootstrap.rank(), bootstrap.size(), compute);
   MT_RETURN_IF_ERROR(c->Init());
   return std::unique_ptr<Communicator>(std::move(c));

@@ -199,10 +199,10 @@ absl::Status GPT2::Prepare(const PrepareOptions& o) {
   dev_targets_.clear();
   if (device_.type != DeviceType::kCpu) {
     for (int k = 0; k < lanes; ++k) {
-      MT_ASSIGN_OR_RETURN(Tensor in, Tensor::Empty({B, T}, DType::kI32, MemoryTag::kActivations,
-                                                   device_));
-      MT_ASSIGN_OR_RETURN(Tensor tg, Tensor::Empty({B, T}, DType::kI32, MemoryTag::kActivations,
-                                                   device_));
+      MT_ASSIGN_OR_RETURN(Tensor in,
+                          Tensor::Empty({B, T}, DType::kI32, MemoryTag::kActivations, device_));
+      MT_ASSIGN_OR_RETURN(Tensor tg,
+                          Tensor::Empty({B, T}, DType::kI32, MemoryTag::kActivations, device_));
       dev_inputs_.push_back(std::move(in));
       dev_targets_.push_back(std::move(tg));
     }
@@ -387,8 +387,7 @@ void GPT2::HeadForward(const Batch& batch, int lane, const ExecContext& ctx) {
   valid_targets_[lane] = 0;
   if (batch.targets == nullptr) return;
   be_->CrossEntropyForward(ctx, losses_[lane].f32(), lse_.f32(), logits_.f32(),
-                           Targets(batch, lane), N,
-                           config_.vocab_size, config_.padded_vocab_size);
+                           Targets(batch, lane), N, config_.vocab_size, config_.padded_vocab_size);
   // The targets live on the host: counting them needs no device read.
   int valid = 0;
   for (int64_t i = 0; i < N; ++i) valid += batch.targets[i] >= 0;

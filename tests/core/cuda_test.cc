@@ -5,18 +5,19 @@
 // Tolerances: fp32 ops within 1e-5 of the CPU result, normwise (max |gpu - cpu| <= 1e-5 * max
 // |cpu|). bf16 compute rounds both operands of every product to 8 significant bits, so its products
 // are compared at 2e-2 and a bf16 training run's losses at 2e-2 of the fp32 CPU run.
+#include "core/cuda.h"
+
 #include <gtest/gtest.h>
 
-#include <cmath>
 #include <algorithm>
+#include <cmath>
 #include <cstdio>
 #include <cstring>
-#include <tuple>
 #include <string>
+#include <tuple>
 #include <vector>
 
 #include "core/backend.h"
-#include "core/cuda.h"
 #include "core/engine.h"
 #include "core/model/gpt2.h"
 #include "core/philox.h"
@@ -94,13 +95,15 @@ TEST_F(CudaTest, MatmulForwardAndBackwardMatchCpu) {
                     .ok());
     const double tol = bf16 ? kBf16Tol : kF32Tol;
     // Odd sizes and the GPT-2 head's shape (Vp = 50304 columns would be slow on the CPU; 1152).
-    for (auto [N, C, OC] : {std::tuple<int64_t, int64_t, int64_t>{74, 48, 80}, {37, 33, 19},
-                           {256, 768, 2304}, {128, 768, 1152}}) {
+    for (auto [N, C, OC] : {std::tuple<int64_t, int64_t, int64_t>{74, 48, 80},
+                            {37, 33, 19},
+                            {256, 768, 2304},
+                            {128, 768, 1152}}) {
       for (const bool with_bias : {false, true}) {
         for (const bool with_residual : {false, true}) {
-          SCOPED_TRACE(::testing::Message() << (bf16 ? "bf16 " : "fp32 ") << N << "x" << C << "x"
-                                            << OC << " bias " << with_bias << " residual "
-                                            << with_residual);
+          SCOPED_TRACE(::testing::Message()
+                       << (bf16 ? "bf16 " : "fp32 ") << N << "x" << C << "x" << OC << " bias "
+                       << with_bias << " residual " << with_residual);
           auto inp = RandomFloats(N * C, 1), w = RandomFloats(OC * C, 2), b = RandomFloats(OC, 3);
           auto res = RandomFloats(N * OC, 4), dout = RandomFloats(N * OC, 5);
           // Forward.
@@ -182,9 +185,9 @@ TEST_F(CudaTest, AttentionMatchesCpu) {
     int64_t B, T, C, NH;
     bool bf16;
   };
-  for (const Case& c : {Case{2, 37, 48, 3, false}, Case{1, 130, 64, 2, false},
-                        Case{2, 256, 256, 4, false}, Case{2, 256, 256, 4, true},
-                        Case{1, 1024, 128, 2, true}, Case{3, 77, 192, 3, true}}) {
+  for (const Case& c :
+       {Case{2, 37, 48, 3, false}, Case{1, 130, 64, 2, false}, Case{2, 256, 256, 4, false},
+        Case{2, 256, 256, 4, true}, Case{1, 1024, 128, 2, true}, Case{3, 77, 192, 3, true}}) {
     SCOPED_TRACE(::testing::Message() << "B " << c.B << " T " << c.T << " C " << c.C << " NH "
                                       << c.NH << (c.bf16 ? " bf16" : " fp32"));
     ASSERT_TRUE(gpu_->SetComputePrecision(c.bf16 ? core::ComputePrecision::kBf16
@@ -219,8 +222,8 @@ TEST_F(CudaTest, CrossEntropyAndEmbeddingMatchCpu) {
     tokens[i] = static_cast<int32_t>((i * 31) % 50);  // many repeats: the dwte sums collide
   }
   std::vector<float> losses(N), lse(N), dlogits(N * Vp);
-  cpu_.CrossEntropyForward(cpu_ctx_, losses.data(), lse.data(), logits.data(), targets.data(), N,
-                           V, Vp);
+  cpu_.CrossEntropyForward(cpu_ctx_, losses.data(), lse.data(), logits.data(), targets.data(), N, V,
+                           Vp);
   cpu_.CrossEntropyBackward(cpu_ctx_, dlogits.data(), logits.data(), lse.data(), targets.data(),
                             0.37f, N, V, Vp);
   float *d_logits = Up(logits), *d_losses = Up(std::vector<float>(N, 5.0f));
@@ -321,7 +324,8 @@ TEST_F(CudaTest, ReductionsAndHelpersMatchCpu) {
   for (const int64_t n : {1, 1000, 12345679}) {
     auto x = RandomFloats(n, 61, -1, 2);
     float* d_x = Up(x);
-    // The GPU accumulates in double: against the exact double sums at 1e-12; the CPU's squared
+    // The GPU accumulates in double: against sequential double sums (each off by up to n * 2^-53
+    // relative, ~1e-9 here) at 1e-9; float accumulation would be ~1e-7 off. The CPU's squared
     // norm adds float partial sums, so it agrees to float rounding only.
     double s_exact = 0, q_exact = 0, sum_abs = 0;
     for (float v : x) {
@@ -329,8 +333,8 @@ TEST_F(CudaTest, ReductionsAndHelpersMatchCpu) {
       q_exact += double(v) * v;
       sum_abs += std::abs(v);
     }
-    EXPECT_NEAR(gpu_->Sum(ctx_, d_x, n), s_exact, 1e-12 * sum_abs) << "n " << n;
-    EXPECT_NEAR(gpu_->SquaredNorm(ctx_, d_x, n), q_exact, 1e-12 * q_exact) << "n " << n;
+    EXPECT_NEAR(gpu_->Sum(ctx_, d_x, n), s_exact, 1e-9 * sum_abs) << "n " << n;
+    EXPECT_NEAR(gpu_->SquaredNorm(ctx_, d_x, n), q_exact, 1e-9 * q_exact) << "n " << n;
     const double q_cpu = cpu_.SquaredNorm(cpu_ctx_, x.data(), n);
     EXPECT_NEAR(gpu_->SquaredNorm(ctx_, d_x, n), q_cpu, 1e-5 * q_cpu) << "n " << n;
     // Deterministic: the same bits twice.
@@ -349,8 +353,8 @@ TEST_F(CudaTest, ReductionsAndHelpersMatchCpu) {
 }
 
 TEST_F(CudaTest, PhiloxNoiseIsBitIdenticalToCpu) {
-  for (auto [n, offset] : {std::pair<int64_t, uint64_t>{1, 0}, {7, 3}, {1 << 20, 0},
-                           {1000001, (1ull << 33) + 1}}) {
+  for (auto [n, offset] :
+       {std::pair<int64_t, uint64_t>{1, 0}, {7, 3}, {1 << 20, 0}, {1000001, (1ull << 33) + 1}}) {
     std::vector<float> cpu(n);
     core::FillNormal(absl::MakeSpan(cpu), 0x1234567890abcdefull, 42, offset, 0.5f, 0.02f);
     float* d = Up(std::vector<float>(n));
@@ -363,16 +367,16 @@ TEST_F(CudaTest, PhiloxNoiseIsBitIdenticalToCpu) {
         ++differ;
       }
     }
-    EXPECT_EQ(differ, 0) << "n " << n << " offset " << offset << ": first at " << first
-                         << " gpu " << got[std::max<int64_t>(first, 0)] << " cpu "
+    EXPECT_EQ(differ, 0) << "n " << n << " offset " << offset << ": first at " << first << " gpu "
+                         << got[std::max<int64_t>(first, 0)] << " cpu "
                          << cpu[std::max<int64_t>(first, 0)];
   }
 }
 
 // ---- GPT-2 trained for 10 steps on each device from the same initial weights ---------------
 std::vector<double> TrainLosses(Device device, core::ComputePrecision precision, int steps) {
-  core::GPT2Config cfg{.max_seq_len = 128, .vocab_size = 300, .n_layer = 2, .n_head = 4,
-                       .n_embd = 128};
+  core::GPT2Config cfg{
+      .max_seq_len = 128, .vocab_size = 300, .n_layer = 2, .n_head = 4, .n_embd = 128};
   auto model = core::GPT2::Create(cfg, device);
   EXPECT_TRUE(model.ok()) << model.status();
   (*model)->InitWeights(1337);
@@ -380,14 +384,16 @@ std::vector<double> TrainLosses(Device device, core::ComputePrecision precision,
   EXPECT_TRUE((*model)->Prepare({.B = B, .T = T, .mode = core::ModelMode::kTrain}).ok());
   EXPECT_TRUE(core::BackendFor(device).SetComputePrecision(precision).ok());
   core::Engine engine(model->get());
-  auto opt = optim::AdamW::Create(model->get(), {.lr = 1e-3f, .weight_decay = 0.1f});
+  auto opt = optim::AdamW::Create(model->get(), {.lr = 2e-3f, .weight_decay = 0.1f});
   EXPECT_TRUE(opt.ok()) << opt.status();
   std::vector<int32_t> tokens(B * T + 1);
   std::vector<double> losses;
+  // The same batch every step: the model memorises it, so the loss falls fast and the runs are
+  // compared while they learn.
+  for (size_t i = 0; i < tokens.size(); ++i) {
+    tokens[i] = static_cast<int32_t>((i * 37 + (i * i) % 13) % cfg.vocab_size);
+  }
   for (int step = 0; step < steps; ++step) {
-    for (size_t i = 0; i < tokens.size(); ++i) {
-      tokens[i] = static_cast<int32_t>((i * 37 + step * 101 + (i * i) % 13) % cfg.vocab_size);
-    }
     std::vector<int32_t> in(tokens.begin(), tokens.end() - 1), tg(tokens.begin() + 1, tokens.end());
     core::Batch batch{.inputs = in.data(), .targets = tg.data(), .B = B, .T = T};
     engine.ZeroGrad();
@@ -415,7 +421,7 @@ TEST_F(CudaTest, TenTrainingStepsMatchCpu) {
     worst_bf16 = std::max(worst_bf16, std::abs(bf16[i] - cpu[i]) / std::abs(cpu[i]));
   }
   std::printf("largest relative loss difference: fp32 %.3g, bf16 %.3g\n", worst, worst_bf16);
-  EXPECT_LT(cpu.back(), cpu.front() - 0.1) << "the run must learn for the comparison to mean much";
+  EXPECT_LT(cpu.back(), cpu.front() - 0.3) << "the run must learn for the comparison to mean much";
   EXPECT_LE(worst, 1e-5) << "fp32 GPU losses vs CPU";
   EXPECT_LE(worst_bf16, kBf16Tol) << "bf16 GPU losses vs fp32 CPU";
 }

@@ -14,8 +14,8 @@
 #   ranks     ranks started with another job, options or build stop at once with exit 2
 #   damaged   `latest` with a newline; a damaged newest checkpoint names --resume_from, which works
 #   gpu       train.device "cuda": 20 steps match the CPU run (1e-5 relative), 10 + 10 steps with
-#             --resume are bit-identical to 20 on the GPU, BF16 trains; exit 77 (skipped) without
-#             a GPU
+#             --resume are bit-identical to 20 on the GPU, a GPU checkpoint resumes on the CPU,
+#             BF16 trains; exit 77 (skipped) without a GPU
 #   signals   SIGTERM mid-run (one process, and both ranks of mpirun -np 2): a checkpoint after the
 #             step, exit 143, and --resume ends bit-identical to an uninterrupted run
 # Usage: trainer_test.sh BUILD_DIR SOURCE_DIR CASE
@@ -107,6 +107,15 @@ gpu)
   for f in model.safetensors optimizer.safetensors; do
     cmp "$W/g/step_00000020/$f" "$W/h/step_00000020/$f" || fail "gpu: resumed $f differs"
   done
+  # Checkpoints are the same files on either device: the GPU's step-10 checkpoint resumes on the
+  # CPU, and steps 11-20 follow the GPU run's losses.
+  mkdir -p "$W/x" && cp -r "$W/h/step_00000010" "$W/x/" && echo step_00000010 > "$W/x/latest"
+  $TRAINER "$JOB" "${DATA[@]}" --quiet --set checkpoint.dir="$W/x" \
+    --set output.metrics="$W/x.jsonl" --resume || fail "resume a GPU checkpoint on the CPU"
+  paste <(losses "$W/x.jsonl" | grep -o '"loss": [0-9.e+-]*' | cut -d' ' -f2) \
+        <(losses "$W/gpu.jsonl" | grep -o '"loss": [0-9.e+-]*' | cut -d' ' -f2 | tail -10) |
+    awk '{ n++; d = $1 - $2; if (d < 0) d = -d; if (d > 1e-5 * $2) { print "step " n + 10 ": cpu " $1 " gpu " $2; bad = 1 } }
+         END { if (n != 10 || bad) exit 1 }' || fail "CPU resume of a GPU checkpoint strays"
   $TRAINER "$JOB" "${DATA[@]}" --quiet --set train.device=cuda --set train.precision=BF16 \
     --set output.metrics="$W/bf16.jsonl" || fail "bf16 run"
   paste <(losses "$W/bf16.jsonl" | grep -o '"loss": [0-9.e+-]*' | cut -d' ' -f2) \
@@ -114,7 +123,7 @@ gpu)
     awk '{ n++; d = $1 - $2; if (d < 0) d = -d; r = d / $2; if (r > worst) worst = r; last = $1; first = first ? first : $1 }
          END { printf "gpu: bf16 loss %.4f -> %.4f, largest relative difference to fp32 CPU %.3g\n", first, last, worst
                if (n != 20 || worst > 0.02) exit 1 }' || fail "BF16 run strays from fp32"
-  echo "gpu: CPU == GPU within 1e-5, GPU resume bit-identical, bf16 within 2e-2"
+  echo "gpu: CPU == GPU within 1e-5, GPU resume bit-identical, GPU checkpoint resumes on the CPU, bf16 within 2e-2"
   ;;
 resume)
   # AdamW (the job's), and Lion with bf16 momentum and clipping.

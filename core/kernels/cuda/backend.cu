@@ -4,12 +4,15 @@
 #include <cublasLt.h>
 #include <cuda_runtime.h>
 
+#include <algorithm>
 #include <cstdio>
 #include <cstdlib>
 #include <map>
 #include <mutex>
 #include <optional>
+#include <string>
 #include <tuple>
+#include <vector>
 
 #include "absl/strings/str_format.h"
 #include "core/backend.h"
@@ -73,6 +76,81 @@ class CudaAllocator final : public Allocator {
   }
 };
 
+// Per-op GPU time (MEMTRAIN_CUDA_PROFILE=1 or CudaProfile(true)): each op is bracketed by two
+// events on its stream; Report() synchronises and sums the elapsed times by op name.
+class Profiler {
+ public:
+  struct Record {
+    const char* name;
+    cudaEvent_t start, end;
+  };
+  void set_on(bool on) { on_ = on; }
+
+  class Scope {
+   public:
+    Scope(Profiler* p, const char* name, cudaStream_t s) : p_(p->on_ ? p : nullptr), s_(s) {
+      if (p_ == nullptr) return;
+      rec_.name = name;
+      rec_.start = p_->Event();
+      MT_CUDA_CHECK(cudaEventRecord(rec_.start, s_));
+    }
+    ~Scope() {
+      if (p_ == nullptr) return;
+      rec_.end = p_->Event();
+      MT_CUDA_CHECK(cudaEventRecord(rec_.end, s_));
+      p_->records_.push_back(rec_);
+    }
+
+   private:
+    Profiler* p_;
+    cudaStream_t s_;
+    Record rec_{};
+  };
+
+  std::string Report(int steps) {
+    MT_CUDA_CHECK(cudaDeviceSynchronize());
+    std::map<std::string, std::pair<double, int64_t>> by_name;  // ms, calls
+    double total = 0;
+    for (const Record& r : records_) {
+      float ms = 0;
+      MT_CUDA_CHECK(cudaEventElapsedTime(&ms, r.start, r.end));
+      by_name[r.name].first += ms;
+      by_name[r.name].second += 1;
+      total += ms;
+      free_.push_back(r.start);
+      free_.push_back(r.end);
+    }
+    records_.clear();
+    std::vector<std::pair<double, std::string>> order;
+    for (const auto& [name, v] : by_name) order.push_back({v.first, name});
+    std::sort(order.rbegin(), order.rend());
+    const double div = steps > 0 ? steps : 1;
+    std::string out = absl::StrFormat("%-22s %10s %7s %8s\n", "op", "ms/step", "share", "calls");
+    for (const auto& [ms, name] : order) {
+      out += absl::StrFormat("%-22s %10.3f %6.1f%% %8.0f\n", name, ms / div, 100 * ms / total,
+                             by_name[name].second / div);
+    }
+    out += absl::StrFormat("%-22s %10.3f\n", "sum of ops", total / div);
+    return out;
+  }
+
+ private:
+  cudaEvent_t Event() {
+    if (!free_.empty()) {
+      cudaEvent_t e = free_.back();
+      free_.pop_back();
+      return e;
+    }
+    cudaEvent_t e;
+    MT_CUDA_CHECK(cudaEventCreate(&e));
+    return e;
+  }
+  bool on_ = false;
+  std::vector<Record> records_;
+  std::vector<cudaEvent_t> free_;
+};
+#define MT_PROFILE(name, stream) Profiler::Scope profile_scope_(&profiler_, name, stream)
+
 class CudaBackend final : public Backend {
  public:
   explicit CudaBackend(int device_index) : device_(Device::Cuda(device_index)) {
@@ -90,12 +168,15 @@ class CudaBackend final : public Backend {
     return absl::OkStatus();
   }
   ComputePrecision compute_precision() const override { return precision_; }
+  Profiler& profiler() { return profiler_; }
 
   // ---- memory ----
   void SetZero(const ExecContext& ctx, void* dst, size_t bytes) override {
+    MT_PROFILE("memset", StreamOf(ctx));
     if (bytes > 0) MT_CUDA_CHECK(cudaMemsetAsync(dst, 0, bytes, StreamOf(ctx)));
   }
   void Copy(const ExecContext& ctx, void* dst, const void* src, size_t bytes) override {
+    MT_PROFILE("copy", StreamOf(ctx));
     if (bytes > 0 && dst != src) {
       MT_CUDA_CHECK(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyDeviceToDevice, StreamOf(ctx)));
     }
@@ -123,6 +204,7 @@ class CudaBackend final : public Backend {
     const void* a = weight;
     const void* b = inp;
     if (bf16) {
+      MT_PROFILE("cast_bf16", s);
       uint16_t* wb = Scratch16(0, OC * C);
       uint16_t* ib = Scratch16(1, N * C);
       F32ToBf16(s, wb, weight, OC * C);
@@ -131,6 +213,7 @@ class CudaBackend final : public Backend {
       b = ib;
     }
     if (residual != nullptr && residual != out) Copy(ctx, out, residual, N * OC * sizeof(float));
+    MT_PROFILE(OC > 8 * C ? "matmul_fwd_head" : "matmul_fwd", s);
     const float beta = residual != nullptr ? 1.0f : 0.0f;
     if (!Gemm(s, /*transa=*/true, /*transb=*/false, OC, N, C, a, C, b, C, out, OC, beta, bias,
               bf16)) {
@@ -150,6 +233,7 @@ class CudaBackend final : public Backend {
     const void* w = weight;
     const void* x = inp;
     if (bf16) {
+      MT_PROFILE("cast_bf16", s);
       uint16_t* db = Scratch16(0, N * OC);
       F32ToBf16(s, db, dout, N * OC);
       d = db;
@@ -162,6 +246,8 @@ class CudaBackend final : public Backend {
       F32ToBf16(s, xb, inp, N * C);
       x = xb;
     }
+    std::optional<Profiler::Scope> mm;
+    mm.emplace(&profiler_, OC > 8 * C ? "matmul_bwd_head" : "matmul_bwd", s);
     // dinp^T (C x N) = weight^T (C x OC, stored so) * dout^T (OC x N).
     if (dinp != nullptr) {
       const float beta = accumulate_dinp ? 1.0f : 0.0f;
@@ -177,30 +263,39 @@ class CudaBackend final : public Backend {
                      << " product";
       Gemm(s, false, true, C, OC, N, inp, C, dout, OC, dweight, C, 1.0f, nullptr, false);
     }
-    if (dbias != nullptr) BiasBackward(s, dbias, dout, N, OC);
+    mm.reset();
+    if (dbias != nullptr) {
+      MT_PROFILE("bias_bwd", s);
+      BiasBackward(s, dbias, dout, N, OC);
+    }
   }
 
   // ---- the model's other ops ----
   void LayerNormForward(const ExecContext& ctx, float* out, float* mean, float* rstd,
                         const float* inp, const float* weight, const float* bias, int64_t N,
                         int64_t C) override {
+    MT_PROFILE("layernorm_fwd", StreamOf(ctx));
     cuda::LayerNormForward(StreamOf(ctx), out, mean, rstd, inp, weight, bias, N, C);
   }
   void LayerNormBackward(const ExecContext& ctx, float* dinp, float* dweight, float* dbias,
                          const float* dout, const float* inp, const float* weight,
                          const float* mean, const float* rstd, int64_t N, int64_t C) override {
+    MT_PROFILE("layernorm_bwd", StreamOf(ctx));
     cuda::LayerNormBackward(StreamOf(ctx), dinp, dweight, dbias, dout, inp, weight, mean, rstd, N,
                             C);
   }
   void GeluForward(const ExecContext& ctx, float* out, const float* inp, int64_t n) override {
+    MT_PROFILE("gelu_fwd", StreamOf(ctx));
     cuda::GeluForward(StreamOf(ctx), out, inp, n);
   }
   void GeluBackward(const ExecContext& ctx, float* dinp, const float* inp, const float* dout,
                     int64_t n) override {
+    MT_PROFILE("gelu_bwd", StreamOf(ctx));
     cuda::GeluBackward(StreamOf(ctx), dinp, inp, dout, n);
   }
-  void AttentionForward(const ExecContext& ctx, float* out, float* lse, const float* qkv,
-                        int64_t B, int64_t T, int64_t C, int64_t NH) override {
+  void AttentionForward(const ExecContext& ctx, float* out, float* lse, const float* qkv, int64_t B,
+                        int64_t T, int64_t C, int64_t NH) override {
+    MT_PROFILE("attention_fwd", StreamOf(ctx));
     cudaStream_t s = StreamOf(ctx);
     if (precision_ == ComputePrecision::kBf16 &&
         cuda::AttentionForwardBf16(s, out, lse, qkv, B, T, C, NH)) {
@@ -211,6 +306,7 @@ class CudaBackend final : public Backend {
   void AttentionBackward(const ExecContext& ctx, float* dqkv, const float* dout, const float* qkv,
                          const float* out, const float* lse, int64_t B, int64_t T, int64_t C,
                          int64_t NH) override {
+    MT_PROFILE("attention_bwd", StreamOf(ctx));
     cudaStream_t s = StreamOf(ctx);
     if (precision_ == ComputePrecision::kBf16 &&
         cuda::AttentionBackwardBf16(s, dqkv, dout, qkv, out, lse, B, T, C, NH)) {
@@ -220,21 +316,25 @@ class CudaBackend final : public Backend {
   }
   void CrossEntropyForward(const ExecContext& ctx, float* losses, float* lse, const float* logits,
                            const int32_t* targets, int64_t N, int64_t V, int64_t Vp) override {
+    MT_PROFILE("crossentropy_fwd", StreamOf(ctx));
     cuda::CrossEntropyForward(StreamOf(ctx), losses, lse, logits, targets, N, V, Vp);
   }
   void CrossEntropyBackward(const ExecContext& ctx, float* dlogits, const float* logits,
                             const float* lse, const int32_t* targets, float dloss, int64_t N,
                             int64_t V, int64_t Vp) override {
+    MT_PROFILE("crossentropy_bwd", StreamOf(ctx));
     cuda::CrossEntropyBackward(StreamOf(ctx), dlogits, logits, lse, targets, dloss, N, V, Vp);
   }
   void EmbeddingForward(const ExecContext& ctx, float* out, const int32_t* tokens, const float* wte,
                         const float* wpe, int64_t B, int64_t T, int64_t C,
                         int64_t pos_offset) override {
+    MT_PROFILE("embedding_fwd", StreamOf(ctx));
     cuda::EmbeddingForward(StreamOf(ctx), out, tokens, wte, wpe, B, T, C, pos_offset);
   }
   void EmbeddingBackward(const ExecContext& ctx, float* dwte, float* dwpe, const float* dout,
                          const int32_t* tokens, int64_t B, int64_t T, int64_t C,
                          int64_t pos_offset) override {
+    MT_PROFILE("embedding_bwd", StreamOf(ctx));
     cuda::EmbeddingBackward(StreamOf(ctx), dwte, dwpe, dout, tokens, B, T, C, pos_offset);
   }
 
@@ -242,19 +342,23 @@ class CudaBackend final : public Backend {
   void AdamWUpdate(const ExecContext& ctx, float* params, const float* grads, float* m, float* v,
                    int64_t n, const AdamWCoeffs& c, float grad_scale,
                    const uint8_t* mask) override {
+    MT_PROFILE("adamw", StreamOf(ctx));
     cuda::AdamWUpdate(StreamOf(ctx), params, grads, m, v, n, c, grad_scale, mask);
   }
   void LionUpdate(const ExecContext& ctx, float* params, const float* grads, float* m, int64_t n,
                   const LionCoeffs& c, float grad_scale, const uint8_t* mask) override {
+    MT_PROFILE("lion", StreamOf(ctx));
     cuda::LionUpdate(StreamOf(ctx), params, grads, m, n, c, grad_scale, mask);
   }
   void LionUpdateBf16(const ExecContext& ctx, float* params, const float* grads, uint16_t* m,
                       int64_t n, const LionCoeffs& c, float grad_scale,
                       const uint8_t* mask) override {
+    MT_PROFILE("lion", StreamOf(ctx));
     cuda::LionUpdateBf16(StreamOf(ctx), params, grads, m, n, c, grad_scale, mask);
   }
   void SgdUpdate(const ExecContext& ctx, float* params, const float* grads, float* buf, int64_t n,
                  const SgdCoeffs& c, float grad_scale, const uint8_t* mask) override {
+    MT_PROFILE("sgd", StreamOf(ctx));
     cuda::SgdUpdate(StreamOf(ctx), params, grads, buf, n, c, grad_scale, mask);
   }
 
@@ -265,11 +369,13 @@ class CudaBackend final : public Backend {
     return ReadResult(ctx);
   }
   double SquaredNorm(const ExecContext& ctx, const float* x, int64_t n) override {
+    MT_PROFILE("squared_norm", StreamOf(ctx));
     if (n == 0) return 0.0;
     cuda::SquaredNorm(StreamOf(ctx), result_, x, n);
     return ReadResult(ctx);
   }
   void Axpy(const ExecContext& ctx, float* y, float alpha, const float* x, int64_t n) override {
+    MT_PROFILE("axpy", StreamOf(ctx));
     if (n > 0) cuda::Axpy(StreamOf(ctx), y, alpha, x, n);
   }
   void ApplyMask(const ExecContext& ctx, float* x, const uint8_t* mask, int64_t n) override {
@@ -314,8 +420,8 @@ class CudaBackend final : public Backend {
   };
   // (m, n, k, lda, ldb, ldd, transa, transb, bf16, bias usable by the epilogue (given and 16-byte
   // aligned), beta != 0, alignments of a, b, c).
-  using PlanKey = std::tuple<int64_t, int64_t, int64_t, int64_t, int64_t, int64_t, bool, bool,
-                             bool, bool, bool, int, int, int>;
+  using PlanKey = std::tuple<int64_t, int64_t, int64_t, int64_t, int64_t, int64_t, bool, bool, bool,
+                             bool, bool, int, int, int>;
 
   // Column-major D (m x n) = alpha * op(A) op(B) + beta * D, with A stored (transa ? k x m : m x
   // k) and B (transb ? n x k : k x n); fp32 or bf16 operands, fp32 accumulation and D. bias (m)
@@ -327,16 +433,27 @@ class CudaBackend final : public Backend {
     const bool want_bias = bias != nullptr;
     // The epilogue reads the bias with vector loads: only a 16-byte aligned bias goes there.
     const bool epilogue_bias = want_bias && AlignmentOf(bias) >= 16;
-    PlanKey key{m,      n,      k,      lda,          ldb,           ldd,
-                transa, transb, bf16,   epilogue_bias, beta != 0.0f, AlignmentOf(A),
-                AlignmentOf(B), AlignmentOf(D)};
+    PlanKey key{m,
+                n,
+                k,
+                lda,
+                ldb,
+                ldd,
+                transa,
+                transb,
+                bf16,
+                epilogue_bias,
+                beta != 0.0f,
+                AlignmentOf(A),
+                AlignmentOf(B),
+                AlignmentOf(D)};
     auto it = plans_.find(key);
     if (it == plans_.end()) it = plans_.emplace(key, MakePlan(key)).first;
     if (!it->second.has_value()) return false;
     Plan& p = *it->second;
     if (p.bias_in_epilogue) {
-      MT_CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(p.op, CUBLASLT_MATMUL_DESC_BIAS_POINTER,
-                                                     &bias, sizeof(bias)));
+      MT_CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(p.op, CUBLASLT_MATMUL_DESC_BIAS_POINTER, &bias,
+                                                     sizeof(bias)));
     }
     const float alpha = 1.0f;
     MT_CUBLAS_CHECK(cublasLtMatmul(lt_, p.op, &alpha, A, p.a, B, p.b, &beta, D, p.c, D, p.c,
@@ -346,8 +463,8 @@ class CudaBackend final : public Backend {
   }
 
   std::optional<Plan> MakePlan(const PlanKey& key) {
-    const auto [m, n, k, lda, ldb, ldd, transa, transb, bf16, epilogue_bias, beta_nonzero,
-                align_a, align_b, align_c] = key;
+    const auto [m, n, k, lda, ldb, ldd, transa, transb, bf16, epilogue_bias, beta_nonzero, align_a,
+                align_b, align_c] = key;
     const cudaDataType_t in_type = bf16 ? CUDA_R_16BF : CUDA_R_32F;
     // With an aligned bias, try the fused epilogue first; fall back to a separate add when no
     // kernel accepts it.
@@ -366,13 +483,13 @@ class CudaBackend final : public Backend {
         const cudaDataType_t bias_type = CUDA_R_32F;
         MT_CUBLAS_CHECK(
             cublasLtMatmulDescSetAttribute(q.op, CUBLASLT_MATMUL_DESC_EPILOGUE, &ep, sizeof(ep)));
-        MT_CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(
-            q.op, CUBLASLT_MATMUL_DESC_BIAS_DATA_TYPE, &bias_type, sizeof(bias_type)));
+        MT_CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(q.op, CUBLASLT_MATMUL_DESC_BIAS_DATA_TYPE,
+                                                       &bias_type, sizeof(bias_type)));
       }
-      MT_CUBLAS_CHECK(cublasLtMatrixLayoutCreate(&q.a, in_type, transa ? k : m, transa ? m : k,
-                                                 lda));
-      MT_CUBLAS_CHECK(cublasLtMatrixLayoutCreate(&q.b, in_type, transb ? n : k, transb ? k : n,
-                                                 ldb));
+      MT_CUBLAS_CHECK(
+          cublasLtMatrixLayoutCreate(&q.a, in_type, transa ? k : m, transa ? m : k, lda));
+      MT_CUBLAS_CHECK(
+          cublasLtMatrixLayoutCreate(&q.b, in_type, transb ? n : k, transb ? k : n, ldb));
       MT_CUBLAS_CHECK(cublasLtMatrixLayoutCreate(&q.c, CUDA_R_32F, m, n, ldd));
       cublasLtMatmulPreference_t pref;
       MT_CUBLAS_CHECK(cublasLtMatmulPreferenceCreate(&pref));
@@ -390,8 +507,8 @@ class CudaBackend final : public Backend {
           pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_D_BYTES, &ac, sizeof(ac)));
       cublasLtMatmulHeuristicResult_t result{};
       int found = 0;
-      const cublasStatus_t st = cublasLtMatmulAlgoGetHeuristic(lt_, q.op, q.a, q.b, q.c, q.c, pref,
-                                                               1, &result, &found);
+      const cublasStatus_t st =
+          cublasLtMatmulAlgoGetHeuristic(lt_, q.op, q.a, q.b, q.c, q.c, pref, 1, &result, &found);
       MT_CUBLAS_CHECK(cublasLtMatmulPreferenceDestroy(pref));
       if (st == CUBLAS_STATUS_SUCCESS && found > 0) {
         q.algo = result.algo;
@@ -412,6 +529,7 @@ class CudaBackend final : public Backend {
   };
 
   Device device_;
+  Profiler profiler_;
   cublasLtHandle_t lt_ = nullptr;
   void* workspace_ = nullptr;
   double* result_ = nullptr;  // one double on the device: Sum and SquaredNorm land here
@@ -489,10 +607,25 @@ absl::Status InitCuda(int device_index) {
   uint64_t keep = UINT64_MAX;
   MT_CUDA_CHECK(cudaMemPoolSetAttribute(pool, cudaMemPoolAttrReleaseThreshold, &keep));
   s.backend = new cuda::CudaBackend(device_index);
+  if (const char* v = std::getenv("MEMTRAIN_CUDA_PROFILE"); v != nullptr && v[0] == '1') {
+    s.backend->profiler().set_on(true);
+  }
   s.device_index = device_index;
   RegisterAllocator(DeviceType::kCuda, &s.allocator);
   RegisterBackend(DeviceType::kCuda, s.backend);
   return absl::OkStatus();
+}
+
+void CudaProfile(bool on) {
+  cuda::State& s = cuda::GetState();
+  std::lock_guard<std::mutex> lock(s.mu);
+  if (s.backend != nullptr) s.backend->profiler().set_on(on);
+}
+
+std::string CudaProfileReport(int steps) {
+  cuda::State& s = cuda::GetState();
+  std::lock_guard<std::mutex> lock(s.mu);
+  return s.backend != nullptr ? s.backend->profiler().Report(steps) : "";
 }
 
 std::string CudaDeviceDescription(int device_index) {
@@ -501,9 +634,8 @@ std::string CudaDeviceDescription(int device_index) {
     (void)cudaGetLastError();
     return "no GPU " + std::to_string(device_index);
   }
-  return absl::StrFormat("%s, %.1f GiB, sm_%d%d, %d SMs", p.name,
-                         p.totalGlobalMem / 1073741824.0, p.major, p.minor,
-                         p.multiProcessorCount);
+  return absl::StrFormat("%s, %.1f GiB, sm_%d%d, %d SMs", p.name, p.totalGlobalMem / 1073741824.0,
+                         p.major, p.minor, p.multiProcessorCount);
 }
 
 }  // namespace memtrain::core
