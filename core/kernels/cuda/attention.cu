@@ -156,8 +156,8 @@ bool AttentionForwardBf16(cudaStream_t s, float* out, float* lse, const float* q
   if (NH <= 0 || C != at::tc::kHS * NH) return false;
   if (B <= 0 || T <= 0) return true;
   OptInSharedMemory<at::tc::ForwardBf16Kernel>(at::tc::kFwdSmemBytes);
-  const unsigned blocks = GridBlocks(CeilDiv(T, at::tc::kTile), B, NH);
-  at::tc::ForwardBf16Kernel<<<blocks, at::tc::kThreads, at::tc::kFwdSmemBytes, s>>>(
+  const unsigned blocks = GridBlocks(CeilDiv(T, at::tc::kFwdRows), B, NH);
+  at::tc::ForwardBf16Kernel<<<blocks, at::tc::kFwdThreads, at::tc::kFwdSmemBytes, s>>>(
       out, lse, qkv, B, T, C, NH, Scale(at::tc::kHS), Aligned16(qkv));
   MT_CUDA_CHECK_LAUNCH();
   return true;

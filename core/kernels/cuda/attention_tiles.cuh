@@ -15,7 +15,6 @@
 #define MEMTRAIN_CORE_KERNELS_CUDA_ATTENTION_TILES_CUH_
 
 #include <cuda_bf16.h>
-#include <mma.h>
 
 #include <cmath>
 #include <cstdint>
@@ -330,465 +329,522 @@ __global__ void __launch_bounds__(F32<kHS>::kThreads)
 }
 
 // ---- bf16 tensor-core path (HS == 64) -------------------------------------------------------
-// wmma 16x16x16 tiles, bf16 inputs, fp32 accumulators. A block has 4 warps and a tile of 64 rows
-// (queries, or keys for dK/dV); warp w owns rows 16w .. 16w+15 of it and touches only those rows
-// of the per-warp buffers (S, P, O, ...), so those need only __syncwarp; the shared tiles of the
-// other side (K, V or Q, dO) are guarded by __syncthreads. Softmax statistics, p and ds are
-// computed in fp32 from the fp32 scores stored to shared memory. The fragment element layout is
-// never relied on: per-row work goes through shared memory.
+// FlashAttention-2 style: mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 with every
+// fragment in registers. A block has 4 warps and a tile of 64 rows (queries, or keys for dK/dV);
+// warp w owns rows 16w .. 16w+15 of it. The row-side operands (Q, or K and V, or Q and dO) are
+// loaded once from global memory straight into A fragments; the tiles of the other side go
+// through shared memory as bf16 (row-major and/or transposed, so that every B fragment is two
+// 32-bit shared loads), guarded by __syncthreads. Scores, probabilities and accumulators stay in
+// the C fragments; the online softmax reduces rows over the 4 lanes of a quad with xor
+// shuffles. C fragments of S / P^T / dS convert in place into the A fragments of the next mma.
+//
+// Fragment layouts (PTX ISA, "Matrix Fragments for mma.m16n8k16 with floating point type",
+// .bf16): lane = 4 * g + t (g = groupID = lane >> 2, t = threadID_in_group = lane & 3).
+//   A (16 x 16, row): .b32 register r (r = 0..3) holds the pair (row g + 8 * (r & 1),
+//     columns 2t + 8 * (r >> 1) + {0, 1}), the lower column in the low 16 bits.
+//   B (16 x 8, col): register r (r = 0..1) holds (rows k = 2t + 8r + {0, 1}, column n = g).
+//   C, D (16 x 8, f32): element e (e = 0..3) is (row g + 8 * (e >> 1), column 2t + (e & 1)).
+// All of it is deterministic: fixed loop orders, no atomics; each output element is written by
+// one thread.
 namespace tc {
-
-namespace wmma = nvcuda::wmma;
-using FragA = wmma::fragment<wmma::matrix_a, 16, 16, 16, __nv_bfloat16, wmma::row_major>;
-using FragBRow = wmma::fragment<wmma::matrix_b, 16, 16, 16, __nv_bfloat16, wmma::row_major>;
-using FragBCol = wmma::fragment<wmma::matrix_b, 16, 16, 16, __nv_bfloat16, wmma::col_major>;
-using FragAcc = wmma::fragment<wmma::accumulator, 16, 16, 16, float>;
 
 constexpr int kHS = 64;
 constexpr int kTile = 64;      // rows of a block's tile and of each tile it walks
 constexpr int kThreads = 128;  // 4 warps x 16 rows
-constexpr int kLdh = 72;       // bf16 row stride (elements): a multiple of 8, rows 32-byte aligned
-constexpr int kLdf = 68;       // fp32 row stride (elements): a multiple of 4, rows 16-byte aligned
+constexpr int kFwdThreads = 256;  // forward: 8 warps x 16 queries
+constexpr int kFwdRows = 128;     // forward: queries per block (key tiles of kTile)
+// bf16 row stride (elements) of the shared tiles: 36 words, so the 8 rows g and 4 word offsets
+// t of a B-fragment load hit 32 different banks; rows stay 16-byte aligned.
+constexpr int kLdh = 72;
 constexpr int kTileH = kTile * kLdh * sizeof(__nv_bfloat16);  // bytes of a bf16 tile: 9216
-constexpr int kTileF = kTile * kLdf * sizeof(float);          // bytes of an fp32 tile: 17408
-constexpr int kVecBytes = kTile * sizeof(float);              // bytes of a 64-float vector
-static_assert(kTileH % 128 == 0 && kTileF % 128 == 0 && kVecBytes % 128 == 0);
-// Every 16x16 fragment starts at a row that is a multiple of 16 and a column that is a multiple
-// of 16, so it is 32-byte aligned as wmma requires.
-static_assert((16 * kLdh * sizeof(__nv_bfloat16)) % 32 == 0 && (16 * kLdf * 4) % 32 == 0);
-static_assert((16 * sizeof(__nv_bfloat16)) % 32 == 0 && (16 * 4) % 32 == 0);
+constexpr float kLog2e = 1.4426950408889634f;
+static_assert(kTileH % 128 == 0);
 
-constexpr int kFwdSmemBytes = 4 * kTileH + 2 * kTileF + 2 * kVecBytes;   // 72192
-constexpr int kDkDvSmemBytes = 6 * kTileH + 2 * kTileF + 2 * kVecBytes;  // 90624
-constexpr int kDqSmemBytes = 5 * kTileH + 2 * kTileF + 2 * kVecBytes;    // 81408
+constexpr int kFwdSmemBytes = 2 * kTileH;                  // K, V^T: 18432
+constexpr int kDkDvSmemBytes = 4 * kTileH + 2 * kTile * 4;  // Q, Q^T, dO, dO^T, lse, D: 37376
+constexpr int kDqSmemBytes = 3 * kTileH;                   // K, K^T, V: 27648
 
-// A (64, 64) fp32 tile on its way from global to shared memory, so that the loads of the next
-// tile are in flight while the block computes on the current one. Thread t holds the float4s
-// idx = t + 128u (u = 0..7): row idx / 16, columns 4 * (idx % 16) .. +3.
+#if !defined(MEMTRAIN_ATTENTION_EMU)
+// Two bf16 in one .b32 register (the host emulation defines its own).
+using BfPair = uint32_t;
+__device__ __forceinline__ BfPair PackPair(float lo, float hi) {
+  __nv_bfloat162 v = __floats2bfloat162_rn(lo, hi);  // .x (lo) in the low 16 bits
+  return *reinterpret_cast<BfPair*>(&v);
+}
+// p is 4-byte aligned (an even element index of a 16-byte-aligned row).
+__device__ __forceinline__ BfPair LoadPair(const __nv_bfloat16* p) {
+  return *reinterpret_cast<const BfPair*>(p);
+}
+// d += a b (16 x 8 x 16), fp32 accumulation.
+__device__ __forceinline__ void Mma(float (&d)[4], const BfPair (&a)[4], BfPair b0, BfPair b1) {
+  asm("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, "
+      "{%8, %9}, {%0, %1, %2, %3};\n"
+      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+}
+#endif
+
+__device__ __forceinline__ void StorePair(__nv_bfloat16* p, float lo, float hi) {
+  *reinterpret_cast<__nv_bfloat162*>(p) = __floats2bfloat162_rn(lo, hi);
+}
+
+// A (64, 64) fp32 tile on its way from global to shared memory. Thread item u (u = 0..3) is
+// idx = threadIdx.x + 128u: the rows 2p, 2p+1 and the float4 column chunk c, with
+// p = idx % 16 + 16 * (idx / 256), c = 2 * (idx / 32 % 8) + idx / 16 % 2; v[2u] is row 2p, v[2u+1]
+// row 2p+1. A warp's load covers 16 row pairs x 32 contiguous bytes (full sectors), and the
+// transposed stores of a warp hit 32 different banks.
+template <int kNT = kThreads>  // threads of the block
 struct TileRegs {
-  float4 v[kTile * kHS / 4 / kThreads];
+  static constexpr int kItems = 512 / kNT;
+  float4 v[2 * kItems];
 };
-static_assert(kTile * kHS / 4 % kThreads == 0);
+template <int kNT>
+__device__ __forceinline__ void ItemPos(int u, int& p, int& c) {
+  const int idx = threadIdx.x + kNT * u;
+  p = idx % 16 + 16 * (idx / 256);
+  c = 2 * (idx / 32 % 8) + idx / 16 % 2;
+}
 
 // Issues the loads of rows row0 .. row0+63 of src (64 floats each, row stride ld), zero for rows
 // >= T. vec4: src and ld allow 16-byte loads.
-__device__ __forceinline__ void FetchTile(TileRegs& r, const float* src, int64_t ld, int64_t row0,
+template <int kNT>
+__device__ __forceinline__ void FetchTile(TileRegs<kNT>& r, const float* src, int64_t ld, int64_t row0,
                                           int64_t T, bool vec4) {
 #pragma unroll
-  for (int u = 0; u < kTile * kHS / 4 / kThreads; ++u) {
-    const int idx = threadIdx.x + kThreads * u;
-    const int64_t t = row0 + idx / 16;
-    float4 x = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
-    if (t < T) {
-      const float* p = src + t * ld + 4 * (idx % 16);
-      x = vec4 ? *reinterpret_cast<const float4*>(p) : make_float4(p[0], p[1], p[2], p[3]);
-    }
-    r.v[u] = x;
-  }
-}
-
-// dst (64, kLdh) bf16 = the fetched tile, rounded to nearest even.
-__device__ __forceinline__ void PutTile(__nv_bfloat16* dst, const TileRegs& r) {
+  for (int u = 0; u < TileRegs<kNT>::kItems; ++u) {
+    int p, c;
+    ItemPos<kNT>(u, p, c);
 #pragma unroll
-  for (int u = 0; u < kTile * kHS / 4 / kThreads; ++u) {
-    const int idx = threadIdx.x + kThreads * u;
-    __nv_bfloat162* d = reinterpret_cast<__nv_bfloat162*>(dst + (idx / 16) * kLdh + 4 * (idx % 16));
-    d[0] = __floats2bfloat162_rn(r.v[u].x, r.v[u].y);
-    d[1] = __floats2bfloat162_rn(r.v[u].z, r.v[u].w);
+    for (int h = 0; h < 2; ++h) {
+      const int64_t t = row0 + 2 * p + h;
+      float4 x = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+      if (t < T) {
+        const float* q = src + t * ld + 4 * c;
+        x = vec4 ? *reinterpret_cast<const float4*>(q) : make_float4(q[0], q[1], q[2], q[3]);
+      }
+      r.v[2 * u + h] = x;
+    }
   }
 }
 
-// Entry threadIdx.x of a 64-vector: v[t * stride] for t = row0 + threadIdx.x (zero past T, and
-// for threads >= 64, which hold nothing).
-__device__ __forceinline__ float FetchVec(const float* v, int64_t stride, int64_t row0, int64_t T) {
-  const int64_t t = row0 + threadIdx.x;
-  return (threadIdx.x < kTile && t < T) ? v[t * stride] : 0.0f;
+// dst (64 rows, kLdh) bf16 = the fetched tile, row-major (round to nearest even).
+template <int kNT>
+__device__ __forceinline__ void PutRows(__nv_bfloat16* dst, const TileRegs<kNT>& r) {
+#pragma unroll
+  for (int u = 0; u < TileRegs<kNT>::kItems; ++u) {
+    int p, c;
+    ItemPos<kNT>(u, p, c);
+#pragma unroll
+    for (int h = 0; h < 2; ++h) {
+      const float4 x = r.v[2 * u + h];
+      __nv_bfloat16* d = dst + (2 * p + h) * kLdh + 4 * c;
+      StorePair(d, x.x, x.y);
+      StorePair(d + 2, x.z, x.w);
+    }
+  }
 }
 
-// Forward. Block: 64 queries of one (b, h); key tiles of 64. Per warp and key tile:
-// S = Q K^T (16 x 64) to shared fp32; the online softmax, two lanes per row (each half of the
-// keys), writes P (bf16), rescales the warp's O rows in shared fp32 and keeps m, l in registers;
-// then O += P V with O's fragments loaded from and stored back to shared memory.
-__global__ void __launch_bounds__(kThreads, 3)
+// dst (64 dims, kLdh) bf16 = the fetched tile transposed: dst[d * kLdh + row] = tile[row][d].
+template <int kNT>
+__device__ __forceinline__ void PutCols(__nv_bfloat16* dst, const TileRegs<kNT>& r) {
+#pragma unroll
+  for (int u = 0; u < TileRegs<kNT>::kItems; ++u) {
+    int p, c;
+    ItemPos<kNT>(u, p, c);
+    const float4 a = r.v[2 * u], b = r.v[2 * u + 1];
+    __nv_bfloat16* d = dst + (4 * c) * kLdh + 2 * p;
+    StorePair(d, a.x, b.x);
+    StorePair(d + kLdh, a.y, b.y);
+    StorePair(d + 2 * kLdh, a.z, b.z);
+    StorePair(d + 3 * kLdh, a.w, b.w);
+  }
+}
+
+// A fragments (16 rows x 64 dims, 4 k-chunks) of rows ra (fragment rows 0..7) and ra + 8 of src
+// (row stride ld, dims 0..63), zero for rows >= T; loaded once per block straight from global.
+__device__ __forceinline__ void LoadRowFrags(BfPair (&a)[4][4], const float* src, int64_t ld,
+                                             int64_t ra, int64_t T) {
+  const int t = threadIdx.x % 4;
+#pragma unroll
+  for (int kk = 0; kk < 4; ++kk) {
+#pragma unroll
+    for (int r = 0; r < 4; ++r) {
+      const int64_t row = ra + 8 * (r & 1);
+      const int col = 16 * kk + 8 * (r >> 1) + 2 * t;
+      float x0 = 0.0f, x1 = 0.0f;
+      if (row < T) {
+        x0 = src[row * ld + col];
+        x1 = src[row * ld + col + 1];
+      }
+      a[kk][r] = PackPair(x0, x1);
+    }
+  }
+}
+
+// acc (16 rows x 8 n-tiles of 8 columns) += A (16 x 16 k-chunk) times the B operand whose
+// column n is row (8 * n_tile + g) of sh (k contiguous at sh + row * kLdh + k0).
+__device__ __forceinline__ void MmaRowTile(float (&acc)[4], const BfPair (&a)[4],
+                                           const __nv_bfloat16* sh, int row, int k0) {
+  const int t = threadIdx.x % 4;
+  const __nv_bfloat16* p = sh + row * kLdh + k0 + 2 * t;
+  Mma(acc, a, LoadPair(p), LoadPair(p + 8));
+}
+
+// Forward. Block: 128 queries of one (b, h) (8 warps); key tiles of 64, prefetched into registers while
+// the block computes on the current one. Per warp and key tile: S = Q K^T (16 x 64) in C
+// fragments, online softmax (m, l per row; scores kept unscaled, exp2 with scale * log2 e), P
+// as bf16 A fragments, O += P V with V^T in shared memory.
+__global__ void __launch_bounds__(kFwdThreads, 1)
     ForwardBf16Kernel(float* __restrict__ out, float* __restrict__ lse,
                       const float* __restrict__ qkv, int64_t B, int64_t T, int64_t C, int64_t NH,
                       float scale, bool vec4) {
   extern __shared__ __align__(128) unsigned char smem[];
-  __nv_bfloat16* qs = reinterpret_cast<__nv_bfloat16*>(smem);           // (64, kLdh)
-  __nv_bfloat16* ks = reinterpret_cast<__nv_bfloat16*>(smem + kTileH);  // (64, kLdh)
-  __nv_bfloat16* vs = reinterpret_cast<__nv_bfloat16*>(smem + 2 * kTileH);
-  __nv_bfloat16* ps = reinterpret_cast<__nv_bfloat16*>(smem + 3 * kTileH);
-  float* ss = reinterpret_cast<float*>(smem + 4 * kTileH);                // (64, kLdf)
-  float* os = reinterpret_cast<float*>(smem + 4 * kTileH + kTileF);       // (64, kLdf)
-  float* m_s = reinterpret_cast<float*>(smem + 4 * kTileH + 2 * kTileF);  // (64)
-  float* l_s = m_s + kTile;                                               // (64)
+  __nv_bfloat16* ks = reinterpret_cast<__nv_bfloat16*>(smem);           // (64 keys, kLdh)
+  __nv_bfloat16* vt = reinterpret_cast<__nv_bfloat16*>(smem + kTileH);  // (64 dims, kLdh)
 
   const TileIndex ti = BlockTile(B, NH);
-  const int64_t n_tiles = (T + kTile - 1) / kTile;
-  const int64_t i0 = (n_tiles - 1 - ti.rank) * kTile;
-  const int64_t i1 = Min64(T, i0 + kTile);
+  const int64_t n_tiles = (T + kFwdRows - 1) / kFwdRows;
+  const int64_t i0 = (n_tiles - 1 - ti.rank) * kFwdRows;  // rank 0: the last queries
+  const int64_t i1 = Min64(T, i0 + kFwdRows);
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
-  const int wr = 16 * warp;  // the warp's first row in the tile
+  const int g = lane / 4, t = lane % 4;
   const int64_t C3 = 3 * C;
   const float* base = qkv + ti.b * T * C3 + ti.h * kHS;
+  const int64_t ra = i0 + 16 * warp + g;  // this thread's rows: ra (e < 2) and ra + 8 (e >= 2)
+  // The last key each row sees; rows past T mirror row T-1 (finite max) and are never written.
+  const int64_t jl[2] = {Min64(ra, T - 1), Min64(ra + 8, T - 1)};
+  const float sl2 = scale * kLog2e;
 
-  // Softmax: this lane's row and half of the 64 key columns. Lane (r, half) visits its 32
-  // columns starting at `skew`, so that at each step the 32 lanes hit 32 different banks
-  // (row stride 68 floats shifts a row by 4 banks).
-  const int r = lane / 2, half = lane % 2;
-  const int skew = 2 * half + (r >= 8 ? 1 : 0);
-  const int row = wr + r;
-  const int64_t jlast = Min64(i0 + row, T - 1);  // rows past T mirror row T-1; never written
-  float* srow = ss + row * kLdf + 32 * half;
-  float* orow = os + row * kLdf + 32 * half;
-  __nv_bfloat16* prow = ps + row * kLdh + 32 * half;
-  float m = -INFINITY, l = 0.0f;  // the same in both lanes of a row
-
-  TileRegs kr, vr;
-  FetchTile(kr, base, C3, i0, T, vec4);
-  PutTile(qs, kr);
+  TileRegs<kFwdThreads> kr, vr;
   FetchTile(kr, base + C, C3, 0, T, vec4);
   FetchTile(vr, base + 2 * C, C3, 0, T, vec4);
-  for (int c = 0; c < 32; ++c) orow[c] = 0.0f;
-  __syncthreads();
-  FragA qa[4];  // the warp's 16 queries x 64 dims
+  BfPair qa[4][4];
+  LoadRowFrags(qa, base, C3, ra, T);
+  float o[8][4];
 #pragma unroll
-  for (int k = 0; k < 4; ++k) wmma::load_matrix_sync(qa[k], qs + wr * kLdh + 16 * k, kLdh);
+  for (int n = 0; n < 8; ++n) {
+#pragma unroll
+    for (int e = 0; e < 4; ++e) o[n][e] = 0.0f;
+  }
+  float m[2] = {-INFINITY, -INFINITY}, l[2] = {0.0f, 0.0f};  // l: this lane's partial sums
 
   for (int64_t j0 = 0; j0 < i1; j0 += kTile) {
     __syncthreads();  // every warp is done with the previous K, V
-    PutTile(ks, kr);
-    PutTile(vs, vr);
+    PutRows(ks, kr);
+    PutCols(vt, vr);
     __syncthreads();
     if (j0 + kTile < i1) {
       FetchTile(kr, base + C, C3, j0 + kTile, T, vec4);
       FetchTile(vr, base + 2 * C, C3, j0 + kTile, T, vec4);
     }
-    // On the diagonal tile, key sub-tiles n > warp lie after all of this warp's queries: skip
-    // them (their scores are masked below whatever ss holds; their p are 0).
-    const int n_lim = j0 == i0 ? warp + 1 : 4;
-    for (int n = 0; n < n_lim; ++n) {
-      FragAcc sacc;
-      wmma::fill_fragment(sacc, 0.0f);
+    // Tiles with j0 + 64 > i0 (the last two) hold masked keys (incl. keys >= T). Key n-tiles
+    // with j0 + 8n > i0 + 16 warp + 15 lie after all of this warp's queries: n_lim (0..8) is
+    // the number of n-tiles the warp needs.
+    const bool diag = j0 + kTile > i0;
+    const int64_t span = i0 + 16 * warp + 15 - j0;  // the warp's last query minus j0
+    const int n_lim = span < 0 ? 0 : span >= 63 ? 8 : static_cast<int>(span / 8) + 1;
+    float s[8][4];
 #pragma unroll
-      for (int k = 0; k < 4; ++k) {
-        FragBCol kb;  // K^T: element (d, key) at ks[key * kLdh + d]
-        wmma::load_matrix_sync(kb, ks + (16 * n) * kLdh + 16 * k, kLdh);
-        wmma::mma_sync(sacc, qa[k], kb, sacc);
+    for (int n = 0; n < 8; ++n) {
+#pragma unroll
+      for (int e = 0; e < 4; ++e) s[n][e] = 0.0f;
+      if (n < n_lim) {
+#pragma unroll
+        for (int kk = 0; kk < 4; ++kk) MmaRowTile(s[n], qa[kk], ks, 8 * n + g, 16 * kk);
       }
-      wmma::store_matrix_sync(ss + wr * kLdf + 16 * n, sacc, kLdf, wmma::mem_row_major);
     }
-    __syncwarp();
-    const int64_t jh = j0 + 32 * half;  // key of this lane's column 0
-    float mx = -INFINITY;
-#pragma unroll 8
-    for (int c = 0; c < 32; ++c) {
-      const int col = (c + skew) & 31;
-      float s = srow[col] * scale;
-      if (jh + col > jlast) s = -INFINITY;
-      mx = fmaxf(mx, s);
-    }
-    mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 1));
-    const float m_new = fmaxf(m, mx);  // finite: every row sees key 0 in the first tile
-    const float corr = expf(m - m_new);
-    float sum = 0.0f;
-#pragma unroll 8
-    for (int c = 0; c < 32; ++c) {
-      const int col = (c + skew) & 31;
-      float s = srow[col] * scale;
-      if (jh + col > jlast) s = -INFINITY;
-      const float p = expf(s - m_new);
-      sum += p;
-      prow[col] = __float2bfloat16(p);
-      orow[col] *= corr;
-    }
-    sum += __shfl_xor_sync(0xffffffffu, sum, 1);  // the same bits in both lanes
-    l = l * corr + sum;
-    m = m_new;
-    __syncwarp();
-    FragA pa[4];  // the warp's 16 queries x 64 keys
+    if (diag) {
 #pragma unroll
-    for (int k = 0; k < 4; ++k) wmma::load_matrix_sync(pa[k], ps + wr * kLdh + 16 * k, kLdh);
+      for (int n = 0; n < 8; ++n) {
 #pragma unroll
-    for (int n = 0; n < 4; ++n) {
-      FragAcc oacc;
-      wmma::load_matrix_sync(oacc, os + wr * kLdf + 16 * n, kLdf, wmma::mem_row_major);
-#pragma unroll
-      for (int k = 0; k < 4; ++k) {  // constant bounds keep pa[] in registers
-        if (k >= n_lim) break;
-        FragBRow vb;  // V: element (key, d) at vs[key * kLdh + d]
-        wmma::load_matrix_sync(vb, vs + (16 * k) * kLdh + 16 * n, kLdh);
-        wmma::mma_sync(oacc, pa[k], vb, oacc);
+        for (int e = 0; e < 4; ++e) {
+          if (j0 + 8 * n + 2 * t + (e & 1) > jl[e >> 1]) s[n][e] = -INFINITY;
+        }
       }
-      wmma::store_matrix_sync(os + wr * kLdf + 16 * n, oacc, kLdf, wmma::mem_row_major);
     }
-    __syncwarp();
+    float mx[2] = {m[0], m[1]};
+#pragma unroll
+    for (int n = 0; n < 8; ++n) {
+      mx[0] = fmaxf(mx[0], fmaxf(s[n][0], s[n][1]));
+      mx[1] = fmaxf(mx[1], fmaxf(s[n][2], s[n][3]));
+    }
+    float corr[2], mb[2];
+#pragma unroll
+    for (int r = 0; r < 2; ++r) {
+      mx[r] = fmaxf(mx[r], __shfl_xor_sync(0xffffffffu, mx[r], 1));
+      mx[r] = fmaxf(mx[r], __shfl_xor_sync(0xffffffffu, mx[r], 2));
+      // mx is finite: every row sees key 0 in the first tile. exp2(-inf) = 0 there.
+      corr[r] = exp2f((m[r] - mx[r]) * sl2);
+      m[r] = mx[r];
+      mb[r] = mx[r] * sl2;
+      l[r] *= corr[r];
+    }
+    BfPair pa[4][4];  // P (16 queries x 64 keys) as A fragments: k-chunk kk = n-tiles 2kk, 2kk+1
+#pragma unroll
+    for (int n = 0; n < 8; ++n) {
+      const float p0 = exp2f(s[n][0] * sl2 - mb[0]), p1 = exp2f(s[n][1] * sl2 - mb[0]);
+      const float p2 = exp2f(s[n][2] * sl2 - mb[1]), p3 = exp2f(s[n][3] * sl2 - mb[1]);
+      l[0] += p0 + p1;
+      l[1] += p2 + p3;
+      pa[n / 2][2 * (n % 2)] = PackPair(p0, p1);
+      pa[n / 2][2 * (n % 2) + 1] = PackPair(p2, p3);
+    }
+#pragma unroll
+    for (int n = 0; n < 8; ++n) {
+      o[n][0] *= corr[0];
+      o[n][1] *= corr[0];
+      o[n][2] *= corr[1];
+      o[n][3] *= corr[1];
+    }
+#pragma unroll
+    for (int kk = 0; kk < 4; ++kk) {
+      if (2 * kk < n_lim) {
+#pragma unroll
+        for (int n = 0; n < 8; ++n) MmaRowTile(o[n], pa[kk], vt, 8 * n + g, 16 * kk);
+      }
+    }
   }
-  if (half == 0) {
-    m_s[row] = m;
-    l_s[row] = l;
+#pragma unroll
+  for (int r = 0; r < 2; ++r) {  // both xor steps add the same two values in both lanes
+    l[r] += __shfl_xor_sync(0xffffffffu, l[r], 1);
+    l[r] += __shfl_xor_sync(0xffffffffu, l[r], 2);
   }
-  __syncwarp();
-  for (int rr = 0; rr < 16; ++rr) {
-    const int orw = wr + rr;
-    const int64_t i = i0 + orw;
-    if (i >= T) break;
-    const float inv = 1.0f / l_s[orw];
-    float* o = out + (ti.b * T + i) * C + ti.h * kHS;
-    o[lane] = os[orw * kLdf + lane] * inv;
-    o[lane + 32] = os[orw * kLdf + lane + 32] * inv;
-    if (lane == 0) lse[(ti.b * NH + ti.h) * T + i] = m_s[orw] + logf(l_s[orw]);
+#pragma unroll
+  for (int r = 0; r < 2; ++r) {
+    const int64_t i = ra + 8 * r;
+    if (i >= T) continue;
+    const float inv = 1.0f / l[r];
+    float* orow = out + (ti.b * T + i) * C + ti.h * kHS + 2 * t;
+#pragma unroll
+    for (int n = 0; n < 8; ++n) {
+      orow[8 * n] = o[n][2 * r] * inv;
+      orow[8 * n + 1] = o[n][2 * r + 1] * inv;
+    }
+    if (t == 0) lse[(ti.b * NH + ti.h) * T + i] = m[r] * scale + logf(l[r]);
   }
 }
 
-// dK, dV. Block: 64 keys of one (b, h) (K, V as A fragments and dK, dV accumulators in
-// registers); walks the query tiles from its diagonal to T. Per warp and query tile:
-// S^T = K Q^T and dP^T = V dO^T (16 keys x 64 queries) to shared fp32; P^T and dS^T (bf16);
-// dV += P^T dO, dK += dS^T Q.
+// dK, dV. Block: 64 keys of one (b, h) (K, V as A fragments, dK, dV accumulators in registers);
+// walks the query tiles from its diagonal to T (Q, dO row-major and transposed in shared
+// memory). Per warp and 32 queries: S^T = K Q^T, dP^T = V dO^T (16 keys x 32 queries);
+// P^T = exp(scale S^T - lse), dS^T = P^T (dP^T - D) scale as A fragments; dV += P^T dO,
+// dK += dS^T Q.
 __global__ void __launch_bounds__(kThreads, 2)
     DkDvBf16Kernel(float* __restrict__ dqkv, const float* __restrict__ dout,
                    const float* __restrict__ qkv, const float* __restrict__ lse, int64_t B,
                    int64_t T, int64_t C, int64_t NH, float scale, bool qkv_vec4, bool dout_vec4) {
   extern __shared__ __align__(128) unsigned char smem[];
-  __nv_bfloat16* ks = reinterpret_cast<__nv_bfloat16*>(smem);  // (64 keys, kLdh)
-  __nv_bfloat16* vs = reinterpret_cast<__nv_bfloat16*>(smem + kTileH);
-  __nv_bfloat16* qs = reinterpret_cast<__nv_bfloat16*>(smem + 2 * kTileH);  // (64 queries, kLdh)
-  __nv_bfloat16* dos = reinterpret_cast<__nv_bfloat16*>(smem + 3 * kTileH);
-  __nv_bfloat16* pt = reinterpret_cast<__nv_bfloat16*>(smem + 4 * kTileH);   // (64 keys, kLdh)
-  __nv_bfloat16* dst = reinterpret_cast<__nv_bfloat16*>(smem + 5 * kTileH);  // (64 keys, kLdh)
-  float* st = reinterpret_cast<float*>(smem + 6 * kTileH);                   // (64 keys, kLdf)
-  float* dpt = reinterpret_cast<float*>(smem + 6 * kTileH + kTileF);         // (64 keys, kLdf)
-  float* lse_s = reinterpret_cast<float*>(smem + 6 * kTileH + 2 * kTileF);   // (64 queries)
-  float* d_s = lse_s + kTile;                                                // (64 queries)
+  __nv_bfloat16* qs = reinterpret_cast<__nv_bfloat16*>(smem);               // (64 queries, kLdh)
+  __nv_bfloat16* qt = reinterpret_cast<__nv_bfloat16*>(smem + kTileH);      // (64 dims, kLdh)
+  __nv_bfloat16* dos = reinterpret_cast<__nv_bfloat16*>(smem + 2 * kTileH);  // (64 queries, kLdh)
+  __nv_bfloat16* dot = reinterpret_cast<__nv_bfloat16*>(smem + 3 * kTileH);  // (64 dims, kLdh)
+  float* lse_s = reinterpret_cast<float*>(smem + 4 * kTileH);  // (64) lse * log2 e
+  float* d_s = lse_s + kTile;                                  // (64) D
 
   const TileIndex ti = BlockTile(B, NH);
-  const int64_t j0 = ti.rank * kTile;
+  const int64_t j0 = ti.rank * kTile;  // rank 0: the first keys, seen by every query
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
-  const int wr = 16 * warp;
+  const int g = lane / 4, t = lane % 4;
   const int64_t C3 = 3 * C;
   const float* base = qkv + ti.b * T * C3 + ti.h * kHS;
   const float* dout_bh = dout + ti.b * T * C + ti.h * kHS;
   const float* lse_bh = lse + (ti.b * NH + ti.h) * T;
   float* dbase = dqkv + ti.b * T * C3 + ti.h * kHS;  // D of query t at dbase[t*C3]
+  const int64_t ja = j0 + 16 * warp + g;              // this thread's keys: ja and ja + 8
+  const float sl2 = scale * kLog2e;
 
-  TileRegs ar, br;
-  FetchTile(ar, base + C, C3, j0, T, qkv_vec4);
-  FetchTile(br, base + 2 * C, C3, j0, T, qkv_vec4);
-  PutTile(ks, ar);
-  PutTile(vs, br);
-  // The first query tile starts at the block's first key.
-  FetchTile(ar, base, C3, j0, T, qkv_vec4);
-  FetchTile(br, dout_bh, C, j0, T, dout_vec4);
-  float lse_r = FetchVec(lse_bh, 1, j0, T), d_r = FetchVec(dbase, C3, j0, T);
-  __syncthreads();
-  FragA ka[4], va[4];  // the warp's 16 keys x 64 dims
+  TileRegs<> qr, dr;
+  FetchTile(qr, base, C3, j0, T, qkv_vec4);  // the first query tile starts at the first key
+  FetchTile(dr, dout_bh, C, j0, T, dout_vec4);
+  BfPair ka[4][4], va[4][4];
+  LoadRowFrags(ka, base + C, C3, ja, T);
+  LoadRowFrags(va, base + 2 * C, C3, ja, T);
+  float dk[8][4], dv[8][4];
 #pragma unroll
-  for (int k = 0; k < 4; ++k) {
-    wmma::load_matrix_sync(ka[k], ks + wr * kLdh + 16 * k, kLdh);
-    wmma::load_matrix_sync(va[k], vs + wr * kLdh + 16 * k, kLdh);
-  }
-  FragAcc dk[4], dv[4];  // the warp's 16 keys x 64 dims
+  for (int n = 0; n < 8; ++n) {
 #pragma unroll
-  for (int n = 0; n < 4; ++n) {
-    wmma::fill_fragment(dk[n], 0.0f);
-    wmma::fill_fragment(dv[n], 0.0f);
+    for (int e = 0; e < 4; ++e) dk[n][e] = dv[n][e] = 0.0f;
   }
 
   for (int64_t i0 = j0; i0 < T; i0 += kTile) {
     __syncthreads();  // every warp is done with the previous Q, dO, lse, D
-    PutTile(qs, ar);
-    PutTile(dos, br);
+    PutRows(qs, qr);
+    PutCols(qt, qr);
+    PutRows(dos, dr);
+    PutCols(dot, dr);
     if (threadIdx.x < kTile) {
-      lse_s[threadIdx.x] = lse_r;
-      d_s[threadIdx.x] = d_r;
+      const int64_t i = i0 + threadIdx.x;
+      lse_s[threadIdx.x] = i < T ? lse_bh[i] * kLog2e : 0.0f;
+      d_s[threadIdx.x] = i < T ? dbase[i * C3] : 0.0f;
     }
     __syncthreads();
     if (i0 + kTile < T) {
-      FetchTile(ar, base, C3, i0 + kTile, T, qkv_vec4);
-      FetchTile(br, dout_bh, C, i0 + kTile, T, dout_vec4);
-      lse_r = FetchVec(lse_bh, 1, i0 + kTile, T);
-      d_r = FetchVec(dbase, C3, i0 + kTile, T);
+      FetchTile(qr, base, C3, i0 + kTile, T, qkv_vec4);
+      FetchTile(dr, dout_bh, C, i0 + kTile, T, dout_vec4);
     }
-    // On the diagonal tile, query sub-tiles n < warp lie before all of this warp's keys: skip
-    // them (masked below whatever st, dpt hold; their p and ds are 0).
-    const int n_first = i0 == j0 ? warp : 0;
-    for (int n = n_first; n < 4; ++n) {
-      FragAcc sacc, pacc;
-      wmma::fill_fragment(sacc, 0.0f);
-      wmma::fill_fragment(pacc, 0.0f);
+    const bool diag = i0 == j0;
 #pragma unroll
-      for (int k = 0; k < 4; ++k) {
-        FragBCol qb, ob;  // Q^T, dO^T: element (d, query) at qs[query * kLdh + d]
-        wmma::load_matrix_sync(qb, qs + (16 * n) * kLdh + 16 * k, kLdh);
-        wmma::mma_sync(sacc, ka[k], qb, sacc);
-        wmma::load_matrix_sync(ob, dos + (16 * n) * kLdh + 16 * k, kLdh);
-        wmma::mma_sync(pacc, va[k], ob, pacc);
-      }
-      wmma::store_matrix_sync(st + wr * kLdf + 16 * n, sacc, kLdf, wmma::mem_row_major);
-      wmma::store_matrix_sync(dpt + wr * kLdf + 16 * n, pacc, kLdf, wmma::mem_row_major);
-    }
-    __syncwarp();
-#pragma unroll 4
-    for (int x = lane; x < 16 * kTile; x += 32) {
-      const int row = wr + x / kTile, col = x % kTile;  // key row, query col
-      const int64_t j = j0 + row, i = i0 + col;
-      float p = 0.0f, ds = 0.0f;
-      if (i < T && j <= i) {
-        p = expf(st[row * kLdf + col] * scale - lse_s[col]);
-        ds = p * (dpt[row * kLdf + col] - d_s[col]) * scale;
-      }
-      pt[row * kLdh + col] = __float2bfloat16(p);
-      dst[row * kLdh + col] = __float2bfloat16(ds);
-    }
-    __syncwarp();
-    for (int k = n_first; k < 4; ++k) {
-      FragA pa, dsa;  // P^T, dS^T: the warp's 16 keys x queries 16k .. 16k+15
-      wmma::load_matrix_sync(pa, pt + wr * kLdh + 16 * k, kLdh);
-      wmma::load_matrix_sync(dsa, dst + wr * kLdh + 16 * k, kLdh);
+    for (int hq = 0; hq < 2; ++hq) {
+      // On the diagonal, queries 0..31 lie before all keys of warps 2 and 3.
+      if (diag && hq == 0 && warp >= 2) continue;
+      float st[4][4], dpt[4][4];
 #pragma unroll
-      for (int n = 0; n < 4; ++n) {
-        FragBRow ob, qb;  // dO, Q: element (query, d) at dos[query * kLdh + d]
-        wmma::load_matrix_sync(ob, dos + (16 * k) * kLdh + 16 * n, kLdh);
-        wmma::mma_sync(dv[n], pa, ob, dv[n]);
-        wmma::load_matrix_sync(qb, qs + (16 * k) * kLdh + 16 * n, kLdh);
-        wmma::mma_sync(dk[n], dsa, qb, dk[n]);
+      for (int nn = 0; nn < 4; ++nn) {
+#pragma unroll
+        for (int e = 0; e < 4; ++e) st[nn][e] = dpt[nn][e] = 0.0f;
+        const int qrow = 32 * hq + 8 * nn + g;
+#pragma unroll
+        for (int kk = 0; kk < 4; ++kk) {
+          MmaRowTile(st[nn], ka[kk], qs, qrow, 16 * kk);
+          MmaRowTile(dpt[nn], va[kk], dos, qrow, 16 * kk);
+        }
+      }
+      BfPair pa[2][4], dsa[2][4];  // P^T, dS^T (16 keys x 32 queries) as A fragments
+#pragma unroll
+      for (int nn = 0; nn < 4; ++nn) {
+        float p[4], ds[4];
+#pragma unroll
+        for (int e = 0; e < 4; ++e) {
+          const int q = 32 * hq + 8 * nn + 2 * t + (e & 1);  // query within the tile
+          const int64_t i = i0 + q, j = ja + 8 * (e >> 1);
+          const float pe = exp2f(st[nn][e] * sl2 - lse_s[q]);
+          const bool ok = i < T && j <= i;
+          p[e] = ok ? pe : 0.0f;
+          ds[e] = ok ? pe * (dpt[nn][e] - d_s[q]) * scale : 0.0f;
+        }
+        pa[nn / 2][2 * (nn % 2)] = PackPair(p[0], p[1]);
+        pa[nn / 2][2 * (nn % 2) + 1] = PackPair(p[2], p[3]);
+        dsa[nn / 2][2 * (nn % 2)] = PackPair(ds[0], ds[1]);
+        dsa[nn / 2][2 * (nn % 2) + 1] = PackPair(ds[2], ds[3]);
+      }
+#pragma unroll
+      for (int kk = 0; kk < 2; ++kk) {
+#pragma unroll
+        for (int n = 0; n < 8; ++n) {
+          MmaRowTile(dv[n], pa[kk], dot, 8 * n + g, 32 * hq + 16 * kk);
+          MmaRowTile(dk[n], dsa[kk], qt, 8 * n + g, 32 * hq + 16 * kk);
+        }
       }
     }
   }
-  // The warp's rows of st, dpt are free (its last reads of them came before a __syncwarp).
 #pragma unroll
-  for (int n = 0; n < 4; ++n) {
-    wmma::store_matrix_sync(st + wr * kLdf + 16 * n, dk[n], kLdf, wmma::mem_row_major);
-    wmma::store_matrix_sync(dpt + wr * kLdf + 16 * n, dv[n], kLdf, wmma::mem_row_major);
-  }
-  __syncwarp();
-  for (int rr = 0; rr < 16; ++rr) {
-    const int row = wr + rr;
-    const int64_t j = j0 + row;
-    if (j >= T) break;
-    float* dkj = dbase + j * C3 + C;
-    float* dvj = dbase + j * C3 + 2 * C;
-    dkj[lane] = st[row * kLdf + lane];
-    dkj[lane + 32] = st[row * kLdf + lane + 32];
-    dvj[lane] = dpt[row * kLdf + lane];
-    dvj[lane + 32] = dpt[row * kLdf + lane + 32];
+  for (int r = 0; r < 2; ++r) {
+    const int64_t j = ja + 8 * r;
+    if (j >= T) continue;
+    float* dkj = dbase + j * C3 + C + 2 * t;
+    float* dvj = dbase + j * C3 + 2 * C + 2 * t;
+#pragma unroll
+    for (int n = 0; n < 8; ++n) {
+      dkj[8 * n] = dk[n][2 * r];
+      dkj[8 * n + 1] = dk[n][2 * r + 1];
+      dvj[8 * n] = dv[n][2 * r];
+      dvj[8 * n + 1] = dv[n][2 * r + 1];
+    }
   }
 }
 
-// dQ. Block: 64 queries of one (b, h) (Q, dO as A fragments and dQ accumulators in registers);
-// walks the key tiles up to its diagonal. Per warp and key tile: S = Q K^T and dP = dO V^T
-// (16 queries x 64 keys) to shared fp32; dS (bf16); dQ += dS K.
+// dQ. Block: 64 queries of one (b, h) (Q, dO as A fragments, dQ accumulators, lse and D in
+// registers); walks the key tiles up to its diagonal (K, K^T, V in shared memory). Per warp and
+// 32 keys: S = Q K^T, dP = dO V^T; dS = P (dP - D) scale as A fragments; dQ += dS K.
 __global__ void __launch_bounds__(kThreads, 2)
     DqBf16Kernel(float* __restrict__ dqkv, const float* __restrict__ dout,
                  const float* __restrict__ qkv, const float* __restrict__ lse, int64_t B, int64_t T,
                  int64_t C, int64_t NH, float scale, bool qkv_vec4, bool dout_vec4) {
   extern __shared__ __align__(128) unsigned char smem[];
-  __nv_bfloat16* qs = reinterpret_cast<__nv_bfloat16*>(smem);  // (64 queries, kLdh)
-  __nv_bfloat16* dos = reinterpret_cast<__nv_bfloat16*>(smem + kTileH);
-  __nv_bfloat16* ks = reinterpret_cast<__nv_bfloat16*>(smem + 2 * kTileH);  // (64 keys, kLdh)
-  __nv_bfloat16* vs = reinterpret_cast<__nv_bfloat16*>(smem + 3 * kTileH);
-  __nv_bfloat16* dsb = reinterpret_cast<__nv_bfloat16*>(smem + 4 * kTileH);  // (64 q, kLdh)
-  float* ss = reinterpret_cast<float*>(smem + 5 * kTileH);                   // (64 q, kLdf)
-  float* dps = reinterpret_cast<float*>(smem + 5 * kTileH + kTileF);         // (64 q, kLdf)
-  float* lse_s = reinterpret_cast<float*>(smem + 5 * kTileH + 2 * kTileF);   // (64 queries)
-  float* d_s = lse_s + kTile;                                                // (64 queries)
+  __nv_bfloat16* ks = reinterpret_cast<__nv_bfloat16*>(smem);               // (64 keys, kLdh)
+  __nv_bfloat16* kt = reinterpret_cast<__nv_bfloat16*>(smem + kTileH);      // (64 dims, kLdh)
+  __nv_bfloat16* vs = reinterpret_cast<__nv_bfloat16*>(smem + 2 * kTileH);  // (64 keys, kLdh)
 
   const TileIndex ti = BlockTile(B, NH);
   const int64_t n_tiles = (T + kTile - 1) / kTile;
   const int64_t i0 = (n_tiles - 1 - ti.rank) * kTile;
   const int64_t i1 = Min64(T, i0 + kTile);
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
-  const int wr = 16 * warp;
+  const int g = lane / 4, t = lane % 4;
   const int64_t C3 = 3 * C;
   const float* base = qkv + ti.b * T * C3 + ti.h * kHS;
   float* dbase = dqkv + ti.b * T * C3 + ti.h * kHS;  // D of query t at dbase[t*C3]
+  const int64_t ra = i0 + 16 * warp + g;              // this thread's rows: ra and ra + 8
+  const float sl2 = scale * kLog2e;
 
-  TileRegs ar, br;
-  FetchTile(ar, base, C3, i0, T, qkv_vec4);
-  FetchTile(br, dout + ti.b * T * C + ti.h * kHS, C, i0, T, dout_vec4);
-  const float lse_r = FetchVec(lse + (ti.b * NH + ti.h) * T, 1, i0, T);
-  const float d_r = FetchVec(dbase, C3, i0, T);
-  PutTile(qs, ar);
-  PutTile(dos, br);
-  if (threadIdx.x < kTile) {
-    lse_s[threadIdx.x] = lse_r;
-    d_s[threadIdx.x] = d_r;
-  }
-  FetchTile(ar, base + C, C3, 0, T, qkv_vec4);
-  FetchTile(br, base + 2 * C, C3, 0, T, qkv_vec4);
-  __syncthreads();     // also: every D of the block's rows is read before dq overwrites them
-  FragA qa[4], oa[4];  // the warp's 16 queries x 64 dims of Q and dO
+  TileRegs<> kr, vr;
+  FetchTile(kr, base + C, C3, 0, T, qkv_vec4);
+  FetchTile(vr, base + 2 * C, C3, 0, T, qkv_vec4);
+  BfPair qa[4][4], oa[4][4];
+  LoadRowFrags(qa, base, C3, ra, T);
+  LoadRowFrags(oa, dout + ti.b * T * C + ti.h * kHS, C, ra, T);
+  float lse2[2], dd[2];
 #pragma unroll
-  for (int k = 0; k < 4; ++k) {
-    wmma::load_matrix_sync(qa[k], qs + wr * kLdh + 16 * k, kLdh);
-    wmma::load_matrix_sync(oa[k], dos + wr * kLdh + 16 * k, kLdh);
+  for (int r = 0; r < 2; ++r) {
+    const int64_t i = ra + 8 * r;
+    lse2[r] = i < T ? lse[(ti.b * NH + ti.h) * T + i] * kLog2e : 0.0f;
+    dd[r] = i < T ? dbase[i * C3] : 0.0f;  // read before any thread writes dq (the loop syncs)
   }
-  FragAcc dq[4];
+  float dq[8][4];
 #pragma unroll
-  for (int n = 0; n < 4; ++n) wmma::fill_fragment(dq[n], 0.0f);
+  for (int n = 0; n < 8; ++n) {
+#pragma unroll
+    for (int e = 0; e < 4; ++e) dq[n][e] = 0.0f;
+  }
 
   for (int64_t j0 = 0; j0 < i1; j0 += kTile) {
     __syncthreads();  // every warp is done with the previous K, V
-    PutTile(ks, ar);
-    PutTile(vs, br);
+    PutRows(ks, kr);
+    PutCols(kt, kr);
+    PutRows(vs, vr);
     __syncthreads();
     if (j0 + kTile < i1) {
-      FetchTile(ar, base + C, C3, j0 + kTile, T, qkv_vec4);
-      FetchTile(br, base + 2 * C, C3, j0 + kTile, T, qkv_vec4);
+      FetchTile(kr, base + C, C3, j0 + kTile, T, qkv_vec4);
+      FetchTile(vr, base + 2 * C, C3, j0 + kTile, T, qkv_vec4);
     }
-    const int n_lim = j0 == i0 ? warp + 1 : 4;  // as in the forward kernel
-    for (int n = 0; n < n_lim; ++n) {
-      FragAcc sacc, pacc;
-      wmma::fill_fragment(sacc, 0.0f);
-      wmma::fill_fragment(pacc, 0.0f);
+    const bool diag = j0 == i0;
 #pragma unroll
-      for (int k = 0; k < 4; ++k) {
-        FragBCol kb, vb;  // K^T, V^T: element (d, key) at ks[key * kLdh + d]
-        wmma::load_matrix_sync(kb, ks + (16 * n) * kLdh + 16 * k, kLdh);
-        wmma::mma_sync(sacc, qa[k], kb, sacc);
-        wmma::load_matrix_sync(vb, vs + (16 * n) * kLdh + 16 * k, kLdh);
-        wmma::mma_sync(pacc, oa[k], vb, pacc);
-      }
-      wmma::store_matrix_sync(ss + wr * kLdf + 16 * n, sacc, kLdf, wmma::mem_row_major);
-      wmma::store_matrix_sync(dps + wr * kLdf + 16 * n, pacc, kLdf, wmma::mem_row_major);
-    }
-    __syncwarp();
-#pragma unroll 4
-    for (int x = lane; x < 16 * kTile; x += 32) {
-      const int row = wr + x / kTile, col = x % kTile;  // query row, key col
-      const int64_t i = i0 + row, j = j0 + col;
-      float ds = 0.0f;
-      if (i < T && j <= i) {
-        const float p = expf(ss[row * kLdf + col] * scale - lse_s[row]);
-        ds = p * (dps[row * kLdf + col] - d_s[row]) * scale;
-      }
-      dsb[row * kLdh + col] = __float2bfloat16(ds);
-    }
-    __syncwarp();
-    for (int k = 0; k < n_lim; ++k) {
-      FragA dsa;  // dS: the warp's 16 queries x keys 16k .. 16k+15
-      wmma::load_matrix_sync(dsa, dsb + wr * kLdh + 16 * k, kLdh);
+    for (int hk = 0; hk < 2; ++hk) {
+      // On the diagonal, keys 32..63 lie after all queries of warps 0 and 1.
+      if (diag && hk == 1 && warp < 2) continue;
+      float s[4][4], dp[4][4];
 #pragma unroll
-      for (int n = 0; n < 4; ++n) {
-        FragBRow kb;  // K: element (key, d) at ks[key * kLdh + d]
-        wmma::load_matrix_sync(kb, ks + (16 * k) * kLdh + 16 * n, kLdh);
-        wmma::mma_sync(dq[n], dsa, kb, dq[n]);
+      for (int nn = 0; nn < 4; ++nn) {
+#pragma unroll
+        for (int e = 0; e < 4; ++e) s[nn][e] = dp[nn][e] = 0.0f;
+        const int krow = 32 * hk + 8 * nn + g;
+#pragma unroll
+        for (int kk = 0; kk < 4; ++kk) {
+          MmaRowTile(s[nn], qa[kk], ks, krow, 16 * kk);
+          MmaRowTile(dp[nn], oa[kk], vs, krow, 16 * kk);
+        }
+      }
+      BfPair dsa[2][4];  // dS (16 queries x 32 keys) as A fragments
+#pragma unroll
+      for (int nn = 0; nn < 4; ++nn) {
+        float ds[4];
+#pragma unroll
+        for (int e = 0; e < 4; ++e) {
+          const int64_t i = ra + 8 * (e >> 1);
+          const int64_t j = j0 + 32 * hk + 8 * nn + 2 * t + (e & 1);
+          const float pe = exp2f(s[nn][e] * sl2 - lse2[e >> 1]);
+          ds[e] = (i < T && j <= i) ? pe * (dp[nn][e] - dd[e >> 1]) * scale : 0.0f;
+        }
+        dsa[nn / 2][2 * (nn % 2)] = PackPair(ds[0], ds[1]);
+        dsa[nn / 2][2 * (nn % 2) + 1] = PackPair(ds[2], ds[3]);
+      }
+#pragma unroll
+      for (int kk = 0; kk < 2; ++kk) {
+#pragma unroll
+        for (int n = 0; n < 8; ++n) MmaRowTile(dq[n], dsa[kk], kt, 8 * n + g, 32 * hk + 16 * kk);
       }
     }
   }
-  __syncwarp();  // the warp's reads of its ss rows are done
 #pragma unroll
-  for (int n = 0; n < 4; ++n) {
-    wmma::store_matrix_sync(ss + wr * kLdf + 16 * n, dq[n], kLdf, wmma::mem_row_major);
-  }
-  __syncwarp();
-  for (int rr = 0; rr < 16; ++rr) {
-    const int row = wr + rr;
-    const int64_t i = i0 + row;
-    if (i >= T) break;
-    float* dqi = dbase + i * C3;
-    dqi[lane] = ss[row * kLdf + lane];
-    dqi[lane + 32] = ss[row * kLdf + lane + 32];
+  for (int r = 0; r < 2; ++r) {
+    const int64_t i = ra + 8 * r;
+    if (i >= T) continue;
+    float* dqi = dbase + i * C3 + 2 * t;
+#pragma unroll
+    for (int n = 0; n < 8; ++n) {
+      dqi[8 * n] = dq[n][2 * r];
+      dqi[8 * n + 1] = dq[n][2 * r + 1];
+    }
   }
 }
 
