@@ -55,6 +55,10 @@ struct Setup {
 absl::Status BuildSetup(const Job& job, const TrainOptions& options, int data_rank, int data_size,
                         core::ModelMode mode, Setup* s);
 
+// Opens the token files and makes this data rank's loaders: the vocabulary check (ids below
+// `vocab`) and one batch of B*T+1 tokens per data rank. ValidateData (--check) runs the same.
+absl::Status OpenData(const Job& job, int vocab, int data_rank, int data_size, Setup* s);
+
 // What a strategy reports for one step.
 struct StepResult {
   double loss = 0.0;  // the same on every rank

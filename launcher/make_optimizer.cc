@@ -1,5 +1,7 @@
 #include "launcher/make_optimizer.h"
 
+#include <limits>
+
 #include "launcher/field_names.h"
 
 namespace memtrain::launcher {
@@ -53,6 +55,17 @@ absl::StatusOr<std::unique_ptr<optim::Optimizer>> MakeOptimizer(const Optimizer&
   }
   if (!opt.ok()) return ToJobSpecNames(opt.status());
   return opt;
+}
+
+int64_t OptimizerStateBytes(const Optimizer& spec, int64_t num_parameters) {
+  int64_t per_param = 8;  // AdamW: m, v
+  if (spec.has_lion()) per_param = spec.lion().momentum_dtype() == Lion::BF16 ? 2 : 4;
+  if (spec.has_sgd()) per_param = spec.sgd().momentum() != 0.0f ? 4 : 0;
+  // Saturating: an absurd model gives a huge number, never a negative one.
+  if (num_parameters > std::numeric_limits<int64_t>::max() / 8) {
+    return per_param == 0 ? 0 : std::numeric_limits<int64_t>::max();
+  }
+  return per_param * num_parameters;
 }
 
 float PeakLr(const Optimizer& spec) {

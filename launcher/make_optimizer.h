@@ -30,6 +30,11 @@ absl::Status ValidateOptimizerSpec(const Optimizer& spec);
 absl::StatusOr<std::unique_ptr<optim::Optimizer>> MakeOptimizer(const Optimizer& spec,
                                                                 core::Model* model);
 
+// The bytes of optimizer state (tag kOptimizer) MakeOptimizer allocates for a model of
+// `num_parameters`: AdamW m and v in fp32 (8 per parameter), Lion's momentum in fp32 or bf16 (4
+// or 2), SGD's momentum buffer in fp32 only when momentum > 0 (4 or 0).
+int64_t OptimizerStateBytes(const Optimizer& spec, int64_t num_parameters);
+
 // The peak learning rate of the schedule: the chosen optimizer's lr.
 float PeakLr(const Optimizer& spec);
 

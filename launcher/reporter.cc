@@ -10,6 +10,7 @@
 
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_format.h"
+#include "core/file_util.h"
 
 namespace memtrain::launcher {
 
@@ -49,15 +50,22 @@ absl::Status Reporter::Open(const std::string& path, std::optional<int64_t> resu
     }
   }
   path_ = path;
-  metrics_ = std::fopen(path.c_str(), "w");
+  if (resume_step) {
+    // The lines kept up to the checkpoint replace the file atomically: a kill or a full disk at
+    // any moment leaves either the old file or the complete new one, never an empty one.
+    absl::Status rewritten = core::WriteFileAtomically(
+        path, [&](std::FILE* f) { return core::WriteAll(f, kept.data(), kept.size(), path); });
+    if (!rewritten.ok()) {
+      status_ = absl::UnavailableError(
+          absl::StrFormat("output.metrics = \"%s\": cannot rewrite it for the resumed run: %s",
+                          path, rewritten.message()));
+      return status_;
+    }
+  }
+  metrics_ = std::fopen(path.c_str(), resume_step ? "a" : "w");
   if (metrics_ == nullptr) {
     return absl::PermissionDeniedError(absl::StrFormat(
         "output.metrics = \"%s\": cannot open it for writing: %s", path, std::strerror(errno)));
-  }
-  if (!kept.empty() && (std::fputs(kept.c_str(), metrics_) < 0 || std::fflush(metrics_) != 0)) {
-    status_ = absl::UnavailableError(
-        absl::StrFormat("output.metrics = \"%s\": write failed: %s", path, std::strerror(errno)));
-    return status_;
   }
   return absl::OkStatus();
 }

@@ -43,6 +43,12 @@ absl::StatusOr<std::string> Sample(core::GPT2& model, const SampleOptions& o) {
   std::vector<float> probs(vocab);
   std::vector<int> order(vocab);
   std::vector<int32_t> generated;
+  auto emit = [&](std::string_view piece) -> absl::Status {
+    if (!o.on_text || o.on_text(piece)) return absl::OkStatus();
+    return absl::AbortedError(absl::StrFormat(
+        "sampling stopped after %d token(s): the text could not be passed on", generated.size()));
+  };
+  MT_RETURN_IF_ERROR(emit(out));
   for (int n = 0; n < o.tokens; ++n) {
     const int len = std::min<int>(T, static_cast<int>(ctx.size()));
     std::copy(ctx.end() - len, ctx.end(), window.begin());
@@ -72,6 +78,9 @@ absl::StatusOr<std::string> Sample(core::GPT2& model, const SampleOptions& o) {
     }
     ctx.push_back(next);
     generated.push_back(next);
+    const char byte = static_cast<char>(next);
+    MT_RETURN_IF_ERROR(emit(o.vocab != nullptr ? std::string_view(o.vocab->TokenBytes(next))
+                                               : std::string_view(&byte, 1)));
   }
   if (o.vocab != nullptr) return out + o.vocab->Decode(generated);
   for (int32_t id : generated) out.push_back(static_cast<char>(id));

@@ -6,7 +6,9 @@
 #ifndef MEMTRAIN_LAUNCHER_SAMPLE_H_
 #define MEMTRAIN_LAUNCHER_SAMPLE_H_
 
+#include <functional>
 #include <string>
+#include <string_view>
 
 #include "absl/status/statusor.h"
 #include "core/bpe.h"
@@ -21,6 +23,10 @@ struct SampleOptions {
   int top_k = 0;                     // 0 = all tokens
   uint64_t seed = 1;                 // Philox seed of the draws
   const core::Bpe* vocab = nullptr;  // null: byte-level
+  // When set, called with the text as it is produced: the prompt, then each generated token's
+  // bytes as soon as it is drawn (the pieces concatenate to the returned text). Returning false
+  // (e.g. the output was closed) stops the sampling with Aborted.
+  std::function<bool(std::string_view)> on_text{};
 };
 
 // The prompt followed by the generated text. InvalidArgument if the model's vocabulary does not

@@ -4,6 +4,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
+#include "core/allocator.h"
 #include "core/cuda.h"
 #include "launcher/loop.h"
 #include "launcher/make_optimizer.h"
@@ -86,6 +87,32 @@ absl::StatusOr<std::unique_ptr<core::GPT2>> ToDevice(std::unique_ptr<core::GPT2>
   return out;
 }
 
+absl::Status OpenData(const Job& job, int vocab, int data_rank, int data_size, Setup* s) {
+  const Train& t = job.train();
+  MT_ASSIGN_OR_RETURN(s->train_tokens, core::TokenFile::Open(job.data().train_tokens()));
+  MT_RETURN_IF_ERROR(s->train_tokens->CheckVocab(vocab));
+  std::optional<uint64_t> shuffle;
+  if (job.data().shuffle()) shuffle = job.data().seed();
+  MT_ASSIGN_OR_RETURN(
+      s->train, core::DataLoader::Create(&*s->train_tokens, t.batch_size(), t.seq_len(), data_rank,
+                                         data_size, shuffle));
+  if (!job.data().val_tokens().empty()) {
+    MT_ASSIGN_OR_RETURN(s->val_tokens, core::TokenFile::Open(job.data().val_tokens()));
+    MT_RETURN_IF_ERROR(s->val_tokens->CheckVocab(vocab));
+    MT_ASSIGN_OR_RETURN(s->val, core::DataLoader::Create(&*s->val_tokens, t.batch_size(),
+                                                         t.seq_len(), data_rank, data_size));
+  }
+  return absl::OkStatus();
+}
+
+absl::Status ValidateData(const Job& job, int data_rank, int data_size) {
+  MT_ASSIGN_OR_RETURN(std::optional<core::GPT2Config> config,
+                      JobModelConfig(job, /*load_folder=*/true));
+  if (!config) return absl::OkStatus();  // no model: ValidateJob has refused the job already
+  Setup s;
+  return OpenData(job, config->vocab_size, data_rank, data_size, &s);
+}
+
 absl::Status BuildSetup(const Job& job, const TrainOptions& options, int data_rank, int data_size,
                         core::ModelMode mode, Setup* s) {
   const Train& t = job.train();
@@ -132,6 +159,16 @@ absl::Status BuildSetup(const Job& job, const TrainOptions& options, int data_ra
     MT_ASSIGN_OR_RETURN(s->model, core::GPT2::Create(ToGPT2Config(job.model().gpt())));
     s->model->InitWeights(job.model().init_seed());
   }
+  // A model read from a checkpoint folder (model.init_from, or --resume without model.gpt): its
+  // sizes are known only now; check the memory the rest needs before allocating it.
+  if (!job.model().has_gpt()) {
+    MT_ASSIGN_OR_RETURN(std::optional<core::GPT2Config> known,
+                        JobModelConfig(job, /*load_folder=*/false));
+    if (!known) {
+      MT_ASSIGN_OR_RETURN(MemoryNeed need, EstimateJobMemory(job, s->model->config()));
+      MT_RETURN_IF_ERROR(CheckMemory(job, need, core::GetMemoryStats(core::Device::Cpu()).current));
+    }
+  }
   MT_ASSIGN_OR_RETURN(const core::Device device, TrainDevice(t));
   MT_ASSIGN_OR_RETURN(s->model, ToDevice(std::move(s->model), device));
   MT_RETURN_IF_ERROR(core::BackendFor(device).SetComputePrecision(
@@ -139,19 +176,7 @@ absl::Status BuildSetup(const Job& job, const TrainOptions& options, int data_ra
   MT_RETURN_IF_ERROR(s->model->Prepare({.B = t.batch_size(), .T = t.seq_len(), .mode = mode}));
   const int vocab = s->model->config().vocab_size;
 
-  MT_ASSIGN_OR_RETURN(s->train_tokens, core::TokenFile::Open(job.data().train_tokens()));
-  MT_RETURN_IF_ERROR(s->train_tokens->CheckVocab(vocab));
-  std::optional<uint64_t> shuffle;
-  if (job.data().shuffle()) shuffle = job.data().seed();
-  MT_ASSIGN_OR_RETURN(
-      s->train, core::DataLoader::Create(&*s->train_tokens, t.batch_size(), t.seq_len(), data_rank,
-                                         data_size, shuffle));
-  if (!job.data().val_tokens().empty()) {
-    MT_ASSIGN_OR_RETURN(s->val_tokens, core::TokenFile::Open(job.data().val_tokens()));
-    MT_RETURN_IF_ERROR(s->val_tokens->CheckVocab(vocab));
-    MT_ASSIGN_OR_RETURN(s->val, core::DataLoader::Create(&*s->val_tokens, t.batch_size(),
-                                                         t.seq_len(), data_rank, data_size));
-  }
+  MT_RETURN_IF_ERROR(OpenData(job, vocab, data_rank, data_size, s));
   s->train->Seek(s->state.batches_consumed);
 
   MT_ASSIGN_OR_RETURN(s->opt, MakeOptimizer(job.optimizer(), s->model.get()));

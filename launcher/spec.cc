@@ -3,16 +3,24 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
+#include <cmath>
+#include <cstdlib>
 #include <cstring>
 #include <filesystem>
 #include <fstream>
+#include <limits>
 #include <sstream>
 #include <vector>
 
+#include "absl/strings/numbers.h"
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_join.h"
 #include "absl/strings/str_split.h"
+#include "checkpoint/checkpoint.h"
+#include "core/allocator.h"
+#include "core/llmc.h"
 #include "core/status.h"
 #include "google/protobuf/io/tokenizer.h"
 #include "google/protobuf/text_format.h"
@@ -259,6 +267,10 @@ absl::Status ValidateJob(const Job& job, int world_size) {
   MT_RETURN_IF_ERROR(AtLeast("parallel.data", p.data(), 1));
   MT_RETURN_IF_ERROR(AtLeast("parallel.sequence", p.sequence(), 1));
   MT_RETURN_IF_ERROR(AtLeast("parallel.perturbation", p.perturbation(), 1));
+  if (!(p.collective_timeout_s() >= 0 && std::isfinite(p.collective_timeout_s()))) {
+    return Bad("parallel.collective_timeout_s", absl::StrCat(p.collective_timeout_s()),
+               "must be >= 0 seconds (0 turns the watchdog off)");
+  }
   if (p.sequence() != 1) {
     return Bad("parallel.sequence", absl::StrCat(p.sequence()),
                "sequence parallelism is not implemented yet; set it to 1");
@@ -361,6 +373,167 @@ absl::Status ValidateOutputs(const Job& job) {
     MT_RETURN_IF_ERROR(ProbeWritable("output.metrics", job.output().metrics(), /*is_dir=*/false));
   }
   return absl::OkStatus();
+}
+
+absl::StatusOr<std::optional<core::GPT2Config>> JobModelConfig(const Job& job, bool load_folder) {
+  if (job.model().has_gpt()) {
+    core::GPT2Config c = ToGPT2Config(job.model().gpt());
+    MT_RETURN_IF_ERROR(ToJobSpecNames(c.Validate()));
+    return std::optional<core::GPT2Config>(c);
+  }
+  const std::string& from = job.model().init_from();
+  if (from.empty()) return std::optional<core::GPT2Config>();
+  std::error_code ec;
+  if (!std::filesystem::is_directory(from, ec)) {
+    MT_ASSIGN_OR_RETURN(core::GPT2Config c, core::ReadLlmcHeader(from));
+    return std::optional<core::GPT2Config>(c);
+  }
+  if (!load_folder) return std::optional<core::GPT2Config>();
+  MT_ASSIGN_OR_RETURN(std::unique_ptr<core::GPT2> m, checkpoint::LoadModel(from));
+  return std::optional<core::GPT2Config>(m->config());
+}
+
+namespace {}  // namespace
+
+std::string FormatBytes(int64_t n) {
+  if (n == std::numeric_limits<int64_t>::max()) return "more than 8 EiB";
+  const char* units[] = {"B", "KiB", "MiB", "GiB", "TiB", "PiB", "EiB"};
+  double v = static_cast<double>(n);
+  int u = 0;
+  while (v >= 1024 && u < 6) {
+    v /= 1024;
+    ++u;
+  }
+  return u == 0 ? absl::StrFormat("%d B", n) : absl::StrFormat("%.1f %s", v, units[u]);
+}
+
+namespace {
+
+int64_t SatAdd(int64_t a, int64_t b) {
+  return a > std::numeric_limits<int64_t>::max() - b ? std::numeric_limits<int64_t>::max() : a + b;
+}
+
+int64_t FileBytes(const std::string& path) {
+  struct stat st;
+  return !path.empty() && stat(path.c_str(), &st) == 0 ? static_cast<int64_t>(st.st_size) : 0;
+}
+
+// A number from a file such as /sys/fs/cgroup/memory.max; -1 if absent or "max".
+int64_t ReadNumber(const std::string& path) {
+  std::ifstream in(path);
+  std::string word;
+  if (!(in >> word)) return -1;
+  int64_t v = 0;
+  return absl::SimpleAtoi(word, &v) ? v : -1;
+}
+
+}  // namespace
+
+int64_t MemoryNeed::total() const {
+  int64_t n = data_bytes;
+  for (int64_t b : by_tag.bytes) n = SatAdd(n, b);
+  return n;
+}
+
+std::string MemoryNeed::ToString() const {
+  std::string out;
+  for (int t = 0; t < core::kNumMemoryTags; ++t) {
+    if (by_tag.bytes[t] == 0) continue;
+    absl::StrAppend(&out, out.empty() ? "" : ", ",
+                    core::MemoryTagName(static_cast<core::MemoryTag>(t)), " ",
+                    FormatBytes(by_tag.bytes[t]));
+  }
+  if (data_bytes > 0) absl::StrAppend(&out, ", token files ", FormatBytes(data_bytes));
+  absl::StrAppend(&out, "; total ", FormatBytes(total()));
+  return out;
+}
+
+absl::StatusOr<MemoryNeed> EstimateJobMemory(const Job& job, const core::GPT2Config& config) {
+  const Train& t = job.train();
+  const core::Device device = t.device() == "cuda" ? core::Device::Cuda(0) : core::Device::Cpu();
+  MemoryNeed need;
+  MT_ASSIGN_OR_RETURN(need.by_tag, core::GPT2::EstimateMemory(
+                                       config,
+                                       {.B = t.batch_size(),
+                                        .T = t.seq_len(),
+                                        .mode = t.recompute() ? core::ModelMode::kTrainRecompute
+                                                              : core::ModelMode::kTrain},
+                                       device));
+  const int64_t params =
+      need.by_tag[core::MemoryTag::kParams] / static_cast<int64_t>(sizeof(float));
+  need.by_tag[core::MemoryTag::kOptimizer] = OptimizerStateBytes(job.optimizer(), params);
+  // A token file is read whole: its tokens are its bytes past the 1 KiB header.
+  for (const std::string& f : {job.data().train_tokens(), job.data().val_tokens()}) {
+    need.data_bytes += std::max<int64_t>(0, FileBytes(f) - 1024);
+  }
+  return need;
+}
+
+AvailableMemory HostMemoryAvailable() {
+  AvailableMemory a;
+  std::ifstream meminfo("/proc/meminfo");
+  std::string key, unit;
+  int64_t kb = 0;
+  while (meminfo >> key >> kb) {
+    std::getline(meminfo, unit);
+    if (key == "MemAvailable:") {
+      a.bytes = kb * 1024;
+      a.source = "MemAvailable in /proc/meminfo";
+      break;
+    }
+  }
+  // A container's limit (cgroup v2) can be lower than what the machine has free.
+  const int64_t limit = ReadNumber("/sys/fs/cgroup/memory.max");
+  const int64_t used = ReadNumber("/sys/fs/cgroup/memory.current");
+  if (limit > 0 && used >= 0 && (a.bytes < 0 || limit - used < a.bytes)) {
+    a.bytes = std::max<int64_t>(0, limit - used);
+    a.source = "the cgroup limit /sys/fs/cgroup/memory.max less memory.current";
+  }
+  const core::MemoryStats host = core::GetMemoryStats(core::Device::Cpu());
+  if (host.budget > 0 && (a.bytes < 0 || host.budget - host.current < a.bytes)) {
+    a.bytes = std::max<int64_t>(0, host.budget - host.current);
+    a.source = "the host memory budget";
+  }
+  return a;
+}
+
+int RanksOnThisNode() {
+  for (const char* var : {"OMPI_COMM_WORLD_LOCAL_SIZE", "MPI_LOCALNRANKS"}) {
+    int n = 0;
+    if (const char* v = std::getenv(var); v != nullptr && absl::SimpleAtoi(v, &n) && n > 0) {
+      return n;
+    }
+  }
+  return 1;
+}
+
+absl::Status CheckMemory(const Job& job, const MemoryNeed& need, int64_t already) {
+  if (job.train().device() == "cuda") return absl::OkStatus();  // the GPU's memory, not the host's
+  const AvailableMemory avail = HostMemoryAvailable();
+  if (avail.bytes < 0) return absl::OkStatus();
+  const int ranks = RanksOnThisNode();
+  const int64_t one = std::max<int64_t>(0, need.total() - already);
+  const int64_t all = one > std::numeric_limits<int64_t>::max() / ranks
+                          ? std::numeric_limits<int64_t>::max()
+                          : one * ranks;
+  if (all <= avail.bytes) return absl::OkStatus();
+  const Train& t = job.train();
+  std::string fix = "lower train.batch_size";
+  if (t.seq_len() > 1) absl::StrAppend(&fix, " or train.seq_len");
+  if (!t.recompute()) absl::StrAppend(&fix, ", set train.recompute = true");
+  if (!job.optimizer().has_sgd() &&
+      !(job.optimizer().has_lion() && job.optimizer().lion().momentum_dtype() == Lion::BF16)) {
+    absl::StrAppend(&fix, ", use an optimizer with less state (lion with momentum_dtype BF16)");
+  }
+  absl::StrAppend(&fix, ", or use a smaller model (model.gpt.n_layer, n_embd, vocab_size)");
+  return absl::ResourceExhaustedError(absl::StrFormat(
+      "the job needs an estimated %s of memory per rank (%s)%s%s, but only %s is available (%s); "
+      "%s",
+      FormatBytes(need.total()), need.ToString(),
+      ranks > 1 ? absl::StrFormat(", %s for the %d ranks on this node", FormatBytes(all), ranks)
+                : "",
+      already > 0 ? absl::StrFormat(", %s of it already allocated", FormatBytes(already)) : "",
+      FormatBytes(avail.bytes), avail.source, fix));
 }
 
 std::string JobToText(const Job& job) {

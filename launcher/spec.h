@@ -7,6 +7,7 @@
 #ifndef MEMTRAIN_LAUNCHER_SPEC_H_
 #define MEMTRAIN_LAUNCHER_SPEC_H_
 
+#include <optional>
 #include <string>
 
 #include "absl/status/statusor.h"
@@ -39,6 +40,43 @@ absl::Status ValidateFiles(const Job& job);
 // PermissionDenied naming the field. Leaves nothing behind (probe files and any folders it had to
 // create are removed again; an existing metrics file is not truncated).
 absl::Status ValidateOutputs(const Job& job);
+
+// ---- memory ----
+// The model sizes of the job: model.gpt, or the header of an llm.c file in model.init_from.
+// nullopt for a checkpoint folder in model.init_from unless `load_folder` (which reads the
+// checkpoint, weights included).
+absl::StatusOr<std::optional<core::GPT2Config>> JobModelConfig(const Job& job, bool load_folder);
+
+// What one rank of the job allocates, before it allocates anything: per allocator tag
+// (core::GPT2::EstimateMemory for the model on train.device, OptimizerStateBytes for the
+// optimizer), plus the token files it reads into memory.
+struct MemoryNeed {
+  core::GPT2::MemoryEstimate by_tag;
+  int64_t data_bytes = 0;  // token files (read whole, not through the allocator)
+  int64_t total() const;
+  // "params 1.0 MiB, grads 1.0 MiB, optimizer 2.0 MiB, activations ..., total 4.1 MiB"
+  std::string ToString() const;
+};
+absl::StatusOr<MemoryNeed> EstimateJobMemory(const Job& job, const core::GPT2Config& config);
+
+// The host memory this process can still use: MemAvailable of /proc/meminfo, lowered by a cgroup
+// memory limit and by a host memory budget (core::SetMemoryBudget) when set. `source` says which.
+struct AvailableMemory {
+  int64_t bytes = -1;  // -1: unknown (no /proc/meminfo)
+  std::string source;
+};
+AvailableMemory HostMemoryAvailable();
+
+// "1.5 GiB"
+std::string FormatBytes(int64_t n);
+
+// ResourceExhausted if `ranks_on_node` ranks of `need` (less `already` bytes this rank has
+// allocated) exceed the available host memory: the estimate per tag, the memory available and
+// what to change. OK for train.device "cuda" (its memory is the GPU's, not checked here) and
+// when the available memory is unknown.
+absl::Status CheckMemory(const Job& job, const MemoryNeed& need, int64_t already = 0);
+// The ranks of this job on this node (from the MPI launcher's environment; 1 if unknown).
+int RanksOnThisNode();
 
 std::string JobToText(const Job& job);
 core::GPT2Config ToGPT2Config(const Gpt& gpt);

@@ -107,6 +107,8 @@ absl::Status RunTraining(const Job& job, const TrainOptions& options,
   for (core::StageHooks* h : options.hooks) engine.AddHooks(h);
   LoopContext ctx{job, options, grid, s, engine};
   MT_RETURN_IF_ERROR(AgreeOnStatus(world, strategy->Start(ctx)));
+  // Set up on every rank: from here on the job's own watchdog timeout.
+  parallel::SetCollectiveTimeout(job.parallel().collective_timeout_s());
   const int64_t tokens_per_step = strategy->tokens_per_step();
   const int64_t last_step =
       options.stop_after > 0 ? std::min<int64_t>(options.stop_after, t.steps()) : t.steps();

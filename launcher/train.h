@@ -36,6 +36,11 @@ struct TrainOptions {
 absl::Status RunTraining(const Job& job, const TrainOptions& options,
                          parallel::Communicator* world);
 
+// The data checks of the run, for --check: opens the token files and checks their token ids
+// against the model's vocabulary and that they hold one batch (B*T+1 tokens) for every data rank;
+// the run's own errors. Reads the model's sizes from model.init_from when it has no model.gpt.
+absl::Status ValidateData(const Job& job, int data_rank, int data_size);
+
 // SIGTERM and SIGINT ask RunTraining to stop after the current step (a second one ends the
 // process at once, by the signal's default action). `announce`: print a line when one arrives.
 void InstallStopHandlers(bool announce);

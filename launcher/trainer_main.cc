@@ -4,12 +4,15 @@
 //                  [--resume_from CHECKPOINT_FOLDER] [--stop_after N] [--quiet]
 //   trainer sample CHECKPOINT [--prompt TEXT] [--tokens N] [--temperature X] [--top_k K]
 //                  [--seed S] [--vocab FILE]
-//   trainer export CHECKPOINT OUT.bin
+//   trainer export CHECKPOINT OUT.bin [--force]
 //
 // Exit codes: 0 done; 2 bad input (usage, job spec, files), nothing written; 1 failure while
 // running; 128 + N stopped by signal N (SIGTERM, SIGINT) after a step, with a checkpoint.
+#include <algorithm>
+#include <cerrno>
 #include <cstdio>
 #include <cstring>
+#include <filesystem>
 #include <optional>
 #include <string>
 #include <vector>
@@ -32,14 +35,21 @@ using checkpoint::LoadModel;
 
 namespace {
 
+// The watchdog's timeout while the ranks parse, check files and set up (a large model or data
+// file takes a while on a slow disk); the job's parallel.collective_timeout_s applies after.
+constexpr float kStartupCollectiveTimeoutS = 600.0f;
+
 constexpr char kUsage[] = R"(usage:
   trainer JOB.pbtxt [options]          train (under mpirun -np N for N ranks)
   trainer sample CHECKPOINT [options]  generate text from a checkpoint
-  trainer export CHECKPOINT OUT.bin    write a checkpoint as an llm.c model file
+  trainer export CHECKPOINT OUT.bin [--force]
+                                       write a checkpoint as an llm.c model file (an existing
+                                       OUT.bin only with --force)
 
 train options:
   --set field.path=value   override a field of the job, e.g. --set train.steps=10 (repeatable)
-  --check                  validate the job and print the effective spec; run nothing
+  --check                  validate the job, its data and its memory estimate as a run would,
+                           print the estimate and the effective spec; run nothing
   --resume                 continue from checkpoint.dir/latest
   --resume_from FOLDER     continue from this checkpoint folder (checkpoint.dir/step_NNNNNNNN),
                            e.g. an older one when the newest is damaged
@@ -123,6 +133,8 @@ int RunJob(const std::vector<std::string>& args) {
       parallel::CreateWorldCommunicator();
   if (!world.ok()) return Report(world.status());
   core::InitThreads();
+  // Until the job is known: a generous watchdog for start-up (ranks parse and check files).
+  parallel::SetCollectiveTimeout(kStartupCollectiveTimeoutS);
 
   // Every rank parses and validates the whole spec and its files before any other collective
   // (rank 0 also checks that it can write the checkpoints and metrics); AgreeOnJob makes all
@@ -135,6 +147,24 @@ int RunJob(const std::vector<std::string>& args) {
     local = ValidateJob(*job, (*world)->size());
   }
   if (local.ok()) local = ValidateFiles(*job);
+  // The memory the job will allocate, from the spec, before anything is allocated (a model read
+  // from a checkpoint folder is checked once it is loaded; --check loads it now).
+  std::optional<MemoryNeed> need;
+  if (local.ok()) {
+    absl::StatusOr<std::optional<core::GPT2Config>> config =
+        JobModelConfig(*job, /*load_folder=*/check);
+    local = config.status();
+    if (local.ok() && config->has_value()) {
+      absl::StatusOr<MemoryNeed> estimate = EstimateJobMemory(*job, **config);
+      local = estimate.status();
+      if (local.ok()) {
+        need = *estimate;
+        local = CheckMemory(*job, *need);
+      }
+    }
+  }
+  // --check also runs the data checks of the run (vocabulary, one batch per data rank).
+  if (local.ok() && check) local = ValidateData(*job, (*world)->rank(), (*world)->size());
   if (local.ok() && (*world)->rank() == 0) local = ValidateOutputs(*job);
   // The options that change what the ranks do together (not --quiet).
   const std::string together =
@@ -143,10 +173,23 @@ int RunJob(const std::vector<std::string>& args) {
                    options.stop_after > 0 ? absl::StrCat("--stop_after ", options.stop_after) : "");
   absl::Status agreed = AgreeOnJob(world->get(), local, local.ok() ? &*job : nullptr, together);
   if (agreed.ok() && check && (*world)->rank() == 0) {
-    std::printf("# %s: valid for %d rank(s). Effective spec:\n%s", path.c_str(), (*world)->size(),
-                JobToText(*job).c_str());
+    std::printf("# %s: valid for %d rank(s).\n", path.c_str(), (*world)->size());
+    if (need) {
+      const bool gpu = job->train().device() == "cuda";
+      const AvailableMemory avail = HostMemoryAvailable();
+      std::printf("# memory estimate per rank%s: %s; %s\n", gpu ? " (on the GPU)" : "",
+                  need->ToString().c_str(),
+                  gpu ? "not checked: the host check is skipped for train.device = \"cuda\""
+                  : avail.bytes < 0
+                      ? "available memory unknown"
+                      : absl::StrFormat("available %s (%s)", FormatBytes(avail.bytes), avail.source)
+                            .c_str());
+    }
+    std::printf("# Effective spec:\n%s", JobToText(*job).c_str());
   }
   if (agreed.ok() && !check) {
+    const float t = job->parallel().collective_timeout_s();
+    parallel::SetCollectiveTimeout(t > 0 ? std::max(t, kStartupCollectiveTimeoutS) : 0.0f);
     InstallStopHandlers(/*announce=*/(*world)->rank() == 0);
     agreed = RunTraining(*job, options, world->get());
   }
@@ -192,19 +235,70 @@ int RunSample(const std::vector<std::string>& args) {
   }
   absl::StatusOr<std::unique_ptr<core::GPT2>> model = LoadModel(args[0]);
   if (!model.ok()) return Report(model.status());
+  // Streamed: each token's bytes (NULs included) as soon as it is drawn.
+  bool printed = false;
+  int write_error = 0;
+  o.on_text = [&](std::string_view piece) {
+    printed = true;
+    if (std::fwrite(piece.data(), 1, piece.size(), stdout) == piece.size() &&
+        std::fflush(stdout) == 0) {
+      return true;
+    }
+    write_error = errno;  // e.g. EPIPE where SIGPIPE is ignored: stop generating
+    return false;
+  };
   absl::StatusOr<std::string> text = Sample(**model, o);
-  if (!text.ok()) return Report(text.status());
-  std::fwrite(text->data(), 1, text->size(), stdout);  // bytes, NULs included
-  std::fputc('\n', stdout);
-  return 0;
+  if (write_error != 0) {
+    return Report(absl::UnavailableError(
+        absl::StrFormat("sample: cannot write to stdout: %s", std::strerror(write_error))));
+  }
+  if (printed) std::fputc('\n', stdout);
+  if (std::fflush(stdout) != 0) {
+    return Report(absl::UnavailableError(
+        absl::StrFormat("sample: cannot write to stdout: %s", std::strerror(errno))));
+  }
+  return Report(text.status());
 }
 
 int RunExport(const std::vector<std::string>& args) {
-  if (args.size() != 2) return Usage("export needs CHECKPOINT and OUT.bin");
-  absl::StatusOr<std::unique_ptr<core::GPT2>> model = LoadModel(args[0]);
+  std::vector<std::string> paths;
+  bool force = false;
+  for (const std::string& a : args) {
+    if (a == "--force") {
+      force = true;
+    } else if (!a.empty() && a[0] == '-') {
+      return Usage("unknown export option " + a);
+    } else {
+      paths.push_back(a);
+    }
+  }
+  if (paths.size() != 2) return Usage("export needs CHECKPOINT and OUT.bin");
+  const std::string& from = paths[0];
+  const std::string& out = paths[1];
+  namespace fs = std::filesystem;
+  std::error_code ec;
+  if (fs::is_directory(out, ec)) {
+    return Report(absl::InvalidArgumentError(absl::StrFormat(
+        "export: %s is a directory; give the path of the .bin file to write", out)));
+  }
+  if (!force && fs::exists(out, ec)) {
+    // Most likely a mistake when it is a file of the checkpoint being exported (which the
+    // export would destroy); any other existing file may still be wanted.
+    const fs::path parent = fs::weakly_canonical(fs::absolute(out, ec).parent_path(), ec);
+    const fs::path source = fs::weakly_canonical(fs::absolute(from, ec), ec);
+    const bool own =
+        fs::equivalent(out, from, ec) ||
+        (fs::is_directory(source, ec) && (parent == source || parent.parent_path() == source));
+    return Report(absl::FailedPreconditionError(absl::StrFormat(
+        "export: %s exists%s; nothing was written: give another OUT.bin, or add --force to "
+        "overwrite it",
+        out,
+        own ? absl::StrFormat(" and is a file of the checkpoint being exported (%s)", from) : "")));
+  }
+  absl::StatusOr<std::unique_ptr<core::GPT2>> model = LoadModel(from);
   if (!model.ok()) return Report(model.status());
-  absl::Status s = core::WriteLlmcCheckpoint(**model, args[1]);
-  if (s.ok()) std::printf("wrote %s (llm.c version 3, fp32)\n", args[1].c_str());
+  absl::Status s = core::WriteLlmcCheckpoint(**model, out);
+  if (s.ok()) std::printf("wrote %s (llm.c version 3, fp32)\n", out.c_str());
   return Report(s);
 }
 

@@ -85,6 +85,10 @@ std::unique_ptr<Communicator> CreateSelfCommunicator();
 absl::StatusOr<std::unique_ptr<Communicator>> CreateWorldCommunicator();
 // True when built with MPI and the launcher's environment is present.
 bool LaunchedUnderMpi();
+// The watchdog of MPI operations: one that runs longer than `seconds` prints what it waited for
+// and ends this process with exit code 3, which makes mpirun stop every rank (a stopped, hung or
+// dead rank no longer hangs the job). 0 turns it off (the default).
+void SetCollectiveTimeout(double seconds);
 // Finalises MPI if it was initialised (call once, at exit, after all communicators are gone).
 void ShutdownCommunication();
 

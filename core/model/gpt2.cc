@@ -2,6 +2,7 @@
 
 #include <cmath>
 #include <cstring>
+#include <limits>
 
 #include "absl/strings/str_format.h"
 #include "core/philox.h"
@@ -42,36 +43,113 @@ std::string GPT2Config::ToString() const {
                          vocab_size, padded_vocab_size, max_seq_len);
 }
 
+namespace {
+
+// The views of each kind of block. Create allocates exactly these; EstimateMemory counts them.
+std::vector<ParamSpec> EmbeddingSpecs(const GPT2Config& c) {
+  return {{"wte", {c.padded_vocab_size, c.n_embd}}, {"wpe", {c.max_seq_len, c.n_embd}}};
+}
+std::vector<ParamSpec> LayerSpecs(const GPT2Config& c) {
+  const int64_t C = c.n_embd;
+  return {{"ln1w", {C}},        {"ln1b", {C}},     {"qkvw", {3 * C, C}},    {"qkvb", {3 * C}},
+          {"attprojw", {C, C}}, {"attprojb", {C}}, {"ln2w", {C}},           {"ln2b", {C}},
+          {"fcw", {4 * C, C}},  {"fcb", {4 * C}},  {"fcprojw", {C, 4 * C}}, {"fcprojb", {C}}};
+}
+std::vector<ParamSpec> HeadSpecs(const GPT2Config& c) {
+  return {{"lnfw", {c.n_embd}}, {"lnfb", {c.n_embd}}};
+}
+
+// The floats of one block's activations (BlockActs::flat) for micro-batches of (B, T); I is
+// int64_t in Prepare and a 128-bit integer in EstimateMemory.
+template <typename I>
+I PerBlockActivations(I B, I T, I C, I NH) {
+  const I N = B * T;
+  return N * (C + 1 + 1 + 3 * C + C + C + C + 1 + 1 + 4 * C + 4 * C) + B * NH * T;
+}
+// The residual-stream buffers and the per-block activation buffers a mode keeps.
+int64_t NumResid(ModelMode mode, int64_t L, int lanes) {
+  return IsTrainingMode(mode) ? L + 1 : 2 * static_cast<int64_t>(lanes);
+}
+int64_t NumBlockActs(ModelMode mode, int64_t L) { return mode == ModelMode::kTrain ? L : 1; }
+
+}  // namespace
+
 absl::StatusOr<std::unique_ptr<GPT2>> GPT2::Create(GPT2Config config, Device device) {
   MT_RETURN_IF_ERROR(config.Validate());
   std::unique_ptr<GPT2> m(new GPT2(config, device));
-  const int64_t C = config.n_embd, L = config.n_layer;
-  MT_ASSIGN_OR_RETURN(ParamBlock emb, ParamBlock::Create("embedding", 0,
-                                                         {{"wte", {config.padded_vocab_size, C}},
-                                                          {"wpe", {config.max_seq_len, C}}},
-                                                         device));
+  const int L = config.n_layer;
+  MT_ASSIGN_OR_RETURN(ParamBlock emb,
+                      ParamBlock::Create("embedding", 0, EmbeddingSpecs(config), device));
   m->blocks_.push_back(std::move(emb));
+  const std::vector<ParamSpec> layer = LayerSpecs(config);
   for (int l = 0; l < L; ++l) {
-    MT_ASSIGN_OR_RETURN(ParamBlock blk, ParamBlock::Create(absl::StrFormat("h.%d", l), l + 1,
-                                                           {{"ln1w", {C}},
-                                                            {"ln1b", {C}},
-                                                            {"qkvw", {3 * C, C}},
-                                                            {"qkvb", {3 * C}},
-                                                            {"attprojw", {C, C}},
-                                                            {"attprojb", {C}},
-                                                            {"ln2w", {C}},
-                                                            {"ln2b", {C}},
-                                                            {"fcw", {4 * C, C}},
-                                                            {"fcb", {4 * C}},
-                                                            {"fcprojw", {C, 4 * C}},
-                                                            {"fcprojb", {C}}},
-                                                           device));
+    MT_ASSIGN_OR_RETURN(ParamBlock blk,
+                        ParamBlock::Create(absl::StrFormat("h.%d", l), l + 1, layer, device));
     m->blocks_.push_back(std::move(blk));
   }
   MT_ASSIGN_OR_RETURN(ParamBlock head,
-                      ParamBlock::Create("head", L + 1, {{"lnfw", {C}}, {"lnfb", {C}}}, device));
+                      ParamBlock::Create("head", L + 1, HeadSpecs(config), device));
   m->blocks_.push_back(std::move(head));
   return m;
+}
+
+absl::StatusOr<GPT2::MemoryEstimate> GPT2::EstimateMemory(GPT2Config config,
+                                                          const PrepareOptions& o, Device device) {
+  MT_RETURN_IF_ERROR(config.Validate());
+  if (o.B <= 0 || o.T <= 0) {
+    return absl::InvalidArgumentError(
+        absl::StrFormat("batch shape B=%d, T=%d: both must be positive", o.B, o.T));
+  }
+  if (o.T > config.max_seq_len) {
+    return absl::InvalidArgumentError(
+        absl::StrFormat("sequence length T=%d exceeds the model's max_seq_len (maxT) = %d", o.T,
+                        config.max_seq_len));
+  }
+  const int lanes = o.mode == ModelMode::kForwardOnly ? o.lanes : 1;
+  if (lanes < 1) {
+    return absl::InvalidArgumentError(absl::StrFormat(
+        "PrepareOptions::lanes = %d: a forward-only plan needs at least one lane", o.lanes));
+  }
+  // In 128-bit arithmetic, so absurd sizes (n_layer = 2^31 - 1) give a huge number, not an
+  // overflow; saturated to int64 at the end.
+  using I = __int128;
+  auto numel = [](const std::vector<ParamSpec>& specs) {
+    I n = 0;
+    for (const ParamSpec& s : specs) {
+      I e = 1;
+      for (int64_t d : s.shape) e *= d;
+      n += e;
+    }
+    return n;
+  };
+  const I B = o.B, T = o.T, N = B * T, C = config.n_embd, NH = config.n_head, L = config.n_layer;
+  const I Vp = config.padded_vocab_size, f = sizeof(float);
+  std::array<I, kNumMemoryTags> bytes{};
+  auto at = [&](MemoryTag t) -> I& { return bytes[static_cast<int>(t)]; };
+  // Create: params of the embedding, L transformer blocks and the head.
+  const I params =
+      numel(EmbeddingSpecs(config)) + L * numel(LayerSpecs(config)) + numel(HeadSpecs(config));
+  at(MemoryTag::kParams) = params * f;
+  const bool training = IsTrainingMode(o.mode);
+  // The engine's first Backward: ParamBlock::EnsureGrads on every block.
+  if (training) at(MemoryTag::kGrads) = params * f;
+  // Prepare, buffer by buffer as it allocates them.
+  I acts = NumResid(o.mode, config.n_layer, lanes) * N * C;                         // resid_
+  acts += NumBlockActs(o.mode, config.n_layer) * PerBlockActivations(B, T, C, NH);  // acts_
+  acts += N * C + N + N + N * Vp + N;  // lnf_, lnf_mean_, lnf_rstd_, logits_, lse_
+  acts += lanes * N;                   // losses_
+  at(MemoryTag::kActivations) = acts * f;
+  if (device.type != DeviceType::kCpu) {  // dev_inputs_, dev_targets_
+    at(MemoryTag::kActivations) += lanes * 2 * N * static_cast<I>(sizeof(int32_t));
+  }
+  // dres_[0], dres_[1], dbuf_, dqkv_, dfch_
+  if (training) at(MemoryTag::kScratch) = (3 * N * C + N * 3 * C + N * 4 * C) * f;
+  MemoryEstimate out;
+  constexpr I kMax = std::numeric_limits<int64_t>::max();
+  for (int t = 0; t < kNumMemoryTags; ++t) {
+    out.bytes[t] = static_cast<int64_t>(bytes[t] > kMax ? kMax : bytes[t]);
+  }
+  return out;
 }
 
 int64_t GPT2::num_parameters() const {
@@ -153,15 +231,14 @@ absl::Status GPT2::Prepare(const PrepareOptions& o) {
   B_ = T_ = 0;
   prepared_ = PrepareOptions{};
 
-  const int n_resid = training ? L + 1 : 2 * lanes;
-  for (int i = 0; i < n_resid; ++i) {
+  const int64_t n_resid = NumResid(o.mode, L, lanes);
+  for (int64_t i = 0; i < n_resid; ++i) {
     MT_ASSIGN_OR_RETURN(Tensor r, act({B, T, C}));
     resid_.push_back(std::move(r));
   }
-  const int64_t per_block = N * (C + 1 + 1 + 3 * C + C + C + C + 1 + 1 + 4 * C + 4 * C) +
-                            static_cast<int64_t>(B) * NH * T;
-  const int n_acts = o.mode == ModelMode::kTrain ? L : 1;
-  for (int l = 0; l < n_acts; ++l) {
+  const int64_t per_block = PerBlockActivations<int64_t>(B, T, C, NH);
+  const int64_t n_acts = NumBlockActs(o.mode, L);
+  for (int64_t l = 0; l < n_acts; ++l) {
     BlockActs a;
     MT_ASSIGN_OR_RETURN(a.flat, act({per_block}));
     float* p = a.flat.f32();

@@ -16,6 +16,7 @@
 #ifndef MEMTRAIN_CORE_MODEL_GPT2_H_
 #define MEMTRAIN_CORE_MODEL_GPT2_H_
 
+#include <array>
 #include <memory>
 #include <string>
 #include <vector>
@@ -48,6 +49,21 @@ class GPT2 : public Model {
  public:
   static absl::StatusOr<std::unique_ptr<GPT2>> Create(GPT2Config config,
                                                       Device device = Device::Cpu());
+
+  // The bytes a model of `config` on `device` allocates there, per allocator tag (indexed by
+  // MemoryTag), before anything is allocated: Create (kParams), the engine's first Backward
+  // (kGrads: every block's gradients; training modes only) and Prepare(options) (kActivations,
+  // kScratch). Exact: the same sizes Create and Prepare use, as core::GetMemoryStats counts them.
+  // Optimizer state is the optimizer's (kOptimizer stays 0 here). Sizes too large for int64
+  // saturate at its maximum. InvalidArgument as Create or Prepare would refuse the sizes.
+  struct MemoryEstimate {
+    std::array<int64_t, kNumMemoryTags> bytes{};
+    int64_t& operator[](MemoryTag t) { return bytes[static_cast<int>(t)]; }
+    int64_t operator[](MemoryTag t) const { return bytes[static_cast<int>(t)]; }
+  };
+  static absl::StatusOr<MemoryEstimate> EstimateMemory(GPT2Config config,
+                                                       const PrepareOptions& options,
+                                                       Device device = Device::Cpu());
 
   // GPT-2 initialisation from Philox(seed): weights N(0, 0.02), residual projections (attprojw,
   // fcprojw) N(0, 0.02 / sqrt(2L)), biases 0, LayerNorm weights 1. The same seed gives the same

@@ -1,6 +1,8 @@
 // The training loop with caller hooks: a failing hook stops the run with its status and nothing
 // is checkpointed; hooks see training, backward and evaluation passes as what they are; a NaN
-// gradient never reaches the weights (train.on_nonfinite STOP or SKIP).
+// gradient never reaches the weights (train.on_nonfinite STOP or SKIP). The memory estimate is
+// exactly what the setup allocates, per tag; too large a job is refused with it; --check's data
+// checks give the run's errors; sample streams exactly the text it returns.
 #include "launcher/train.h"
 
 #include <gtest/gtest.h>
@@ -11,12 +13,17 @@
 #include <filesystem>
 #include <fstream>
 #include <iterator>
+#include <limits>
 #include <map>
 #include <string>
 #include <vector>
 
 #include "checkpoint/checkpoint.h"
+#include "core/allocator.h"
+#include "core/bpe.h"
 #include "core/token_file.h"
+#include "launcher/loop.h"
+#include "launcher/sample.h"
 #include "launcher/spec.h"
 
 namespace memtrain::launcher {
@@ -163,6 +170,171 @@ TEST_F(TrainLoopTest, SkipStopsAfterTooManySkipsInARow) {
   absl::Status s = RunTraining(job_, options, world_.get());
   EXPECT_EQ(s.code(), absl::StatusCode::kAborted) << s;
   EXPECT_NE(s.message().find("train.max_consecutive_skips"), std::string::npos) << s;
+}
+
+// ---- memory estimate, --check's data checks, streamed samples ----
+
+// Create + Prepare + the first backward's gradients + the optimizer allocate exactly the
+// estimate, tag by tag, through the trainer's own BuildSetup.
+TEST_F(TrainLoopTest, TheMemoryEstimateIsExactPerTag) {
+  const char* optimizers[] = {"adamw { lr: 1e-3 }", "lion { lr: 1e-4 }",
+                              "lion { lr: 1e-4 momentum_dtype: BF16 }", "sgd { lr: 0.1 }",
+                              "sgd { lr: 0.1 momentum: 0.9 }"};
+  for (bool recompute : {false, true}) {
+    for (const char* opt : optimizers) {
+      SCOPED_TRACE(absl::StrCat(opt, recompute ? " recompute" : ""));
+      Job job = job_;
+      job.mutable_train()->set_recompute(recompute);
+      job.mutable_train()->set_batch_size(3);
+      job.mutable_train()->set_seq_len(8);
+      job.clear_optimizer();
+      Job opt_job = ParseJobText(absl::StrCat("optimizer { ", opt, " }"), "o").value();
+      *job.mutable_optimizer() = opt_job.optimizer();
+      FillDefaults(&job);
+      ASSERT_TRUE(ValidateJob(job, 1).ok());
+      absl::StatusOr<std::optional<core::GPT2Config>> config = JobModelConfig(job, false);
+      ASSERT_TRUE(config.ok() && config->has_value()) << config.status();
+      absl::StatusOr<MemoryNeed> need = EstimateJobMemory(job, **config);
+      ASSERT_TRUE(need.ok()) << need.status();
+      EXPECT_GT(need->data_bytes, 0);
+
+      const core::MemoryStats before = core::GetMemoryStats(core::Device::Cpu());
+      {
+        launcher::Setup s;
+        ASSERT_TRUE(
+            BuildSetup(job, {}, 0, 1,
+                       recompute ? core::ModelMode::kTrainRecompute : core::ModelMode::kTrain, &s)
+                .ok());
+        for (int b = 0; b < s.model->num_stages(); ++b) {
+          ASSERT_TRUE(s.model->block(b).EnsureGrads().ok());  // as the engine's first Backward
+        }
+        const core::MemoryStats after = core::GetMemoryStats(core::Device::Cpu());
+        for (int t = 0; t < core::kNumMemoryTags; ++t) {
+          EXPECT_EQ(after.current_by_tag[t] - before.current_by_tag[t], need->by_tag.bytes[t])
+              << core::MemoryTagName(static_cast<core::MemoryTag>(t));
+        }
+        EXPECT_EQ(need->by_tag[core::MemoryTag::kOptimizer], s.opt->state_bytes());
+      }
+    }
+  }
+  // The forward-only plans of core::GPT2::EstimateMemory too (no gradients, no scratch).
+  core::GPT2Config c{.max_seq_len = 32, .vocab_size = 64, .n_layer = 3, .n_head = 2, .n_embd = 16};
+  for (core::PrepareOptions o :
+       {core::PrepareOptions{.B = 2, .T = 8, .mode = core::ModelMode::kEval},
+        core::PrepareOptions{.B = 2, .T = 8, .mode = core::ModelMode::kForwardOnly, .lanes = 2}}) {
+    absl::StatusOr<core::GPT2::MemoryEstimate> e = core::GPT2::EstimateMemory(c, o);
+    ASSERT_TRUE(e.ok()) << e.status();
+    const core::MemoryStats before = core::GetMemoryStats(core::Device::Cpu());
+    std::unique_ptr<core::GPT2> m = core::GPT2::Create(c).value();
+    ASSERT_TRUE(m->Prepare(o).ok());
+    const core::MemoryStats after = core::GetMemoryStats(core::Device::Cpu());
+    for (int t = 0; t < core::kNumMemoryTags; ++t) {
+      EXPECT_EQ(after.current_by_tag[t] - before.current_by_tag[t], e->bytes[t])
+          << core::ModelModeName(o.mode) << " "
+          << core::MemoryTagName(static_cast<core::MemoryTag>(t));
+    }
+  }
+}
+
+TEST_F(TrainLoopTest, AJobTooLargeForTheMemoryIsRefusedWithTheEstimate) {
+  job_.mutable_model()->mutable_gpt()->set_n_layer(100000000);
+  ASSERT_TRUE(ValidateJob(job_, 1).ok());
+  absl::StatusOr<MemoryNeed> need = EstimateJobMemory(job_, ToGPT2Config(job_.model().gpt()));
+  ASSERT_TRUE(need.ok()) << need.status();
+  EXPECT_GT(need->total(), int64_t{1} << 40);
+  absl::Status s = CheckMemory(job_, *need);
+  EXPECT_EQ(s.code(), absl::StatusCode::kResourceExhausted) << s;
+  for (const char* want : {"params", "grads", "optimizer", "activations", "available",
+                           "train.batch_size", "train.recompute", "smaller model"}) {
+    EXPECT_NE(s.message().find(want), std::string::npos) << want << ": " << s;
+  }
+  // The GPU's memory is not the host's: not checked here.
+  job_.mutable_train()->set_device("cuda");
+  EXPECT_TRUE(CheckMemory(job_, *need).ok());
+  // Absurd sizes saturate instead of overflowing.
+  core::GPT2Config huge{.max_seq_len = 1 << 30,
+                        .vocab_size = 1 << 30,
+                        .n_layer = 1 << 30,
+                        .n_head = 1,
+                        .n_embd = 1 << 30};
+  absl::StatusOr<core::GPT2::MemoryEstimate> e =
+      core::GPT2::EstimateMemory(huge, {.B = 1 << 30, .T = 1 << 30});
+  ASSERT_TRUE(e.ok()) << e.status();
+  EXPECT_EQ(e->bytes[0], std::numeric_limits<int64_t>::max());
+}
+
+TEST_F(TrainLoopTest, AHostMemoryBudgetIsTheAvailableMemory) {
+  absl::StatusOr<MemoryNeed> need = EstimateJobMemory(job_, ToGPT2Config(job_.model().gpt()));
+  ASSERT_TRUE(need.ok());
+  EXPECT_TRUE(CheckMemory(job_, *need).ok());
+  const int64_t in_use = core::GetMemoryStats(core::Device::Cpu()).current;
+  core::SetMemoryBudget(core::Device::Cpu(), in_use + need->total() / 2);
+  absl::Status s = CheckMemory(job_, *need);
+  core::SetMemoryBudget(core::Device::Cpu(), 0);
+  EXPECT_EQ(s.code(), absl::StatusCode::kResourceExhausted) << s;
+  EXPECT_NE(s.message().find("the host memory budget"), std::string::npos) << s;
+  EXPECT_EQ(HostMemoryAvailable().source.find("budget"), std::string::npos);
+}
+
+// --check runs the data checks of the run and reports the run's own errors.
+TEST_F(TrainLoopTest, ValidateDataReportsWhatTheRunWouldRefuse) {
+  EXPECT_TRUE(ValidateData(job_, 0, 1).ok());
+  Job small_vocab = job_;
+  small_vocab.mutable_model()->mutable_gpt()->set_vocab_size(32);
+  absl::Status check = ValidateData(small_vocab, 0, 1);
+  EXPECT_EQ(check.code(), absl::StatusCode::kInvalidArgument) << check;
+  EXPECT_NE(check.message().find("outside the model's vocabulary"), std::string::npos) << check;
+  absl::Status run = RunTraining(small_vocab, {.quiet = true, .hooks = {}}, world_.get());
+  EXPECT_EQ(run.message(), check.message());
+
+  Job big_batch = job_;
+  big_batch.mutable_train()->set_batch_size(300);  // 300 x 16 + 1 > 4000 tokens
+  check = ValidateData(big_batch, 0, 1);
+  EXPECT_EQ(check.code(), absl::StatusCode::kInvalidArgument) << check;
+  EXPECT_NE(check.message().find("fewer than"), std::string::npos) << check;
+  run = RunTraining(big_batch, {.quiet = true, .hooks = {}}, world_.get());
+  EXPECT_EQ(run.message(), check.message());
+  // Enough for one rank, not for each of 2 data ranks.
+  Job two = job_;
+  two.mutable_train()->set_batch_size(150);  // 2 x 150 x 16 + 1 > 4000 >= 150 x 16 + 1
+  EXPECT_TRUE(ValidateData(two, 0, 1).ok());
+  EXPECT_NE(ValidateData(two, 1, 2).message().find("fewer than"), std::string::npos);
+}
+
+// The streamed pieces are the returned text, byte-level and with a BPE vocabulary.
+TEST(SampleTest, StreamedTextIsTheReturnedText) {
+  for (int vocab_size : {256, 300}) {
+    std::optional<core::Bpe> bpe;
+    if (vocab_size != 256) {
+      std::string text;
+      for (int i = 0; i < 200; ++i) text += "in the beginning was the word ";
+      bpe = core::Bpe::Train(text, vocab_size).value();
+    }
+    std::unique_ptr<core::GPT2> m =
+        core::GPT2::Create(
+            {.max_seq_len = 32, .vocab_size = vocab_size, .n_layer = 1, .n_head = 2, .n_embd = 16})
+            .value();
+    m->InitWeights(5);
+    std::vector<std::string> pieces;
+    SampleOptions o{.prompt = "in the", .tokens = 40, .seed = 3};
+    if (bpe) o.vocab = &*bpe;
+    o.on_text = [&](std::string_view p) {
+      pieces.emplace_back(p);
+      return true;
+    };
+    absl::StatusOr<std::string> text = Sample(*m, o);
+    ASSERT_TRUE(text.ok()) << text.status();
+    EXPECT_EQ(pieces.size(), 41u);  // the prompt, then one piece per token, as drawn
+    std::string joined;
+    for (const std::string& p : pieces) joined += p;
+    EXPECT_EQ(joined, *text);
+    o.on_text = nullptr;  // the same text without streaming
+    EXPECT_EQ(Sample(*m, o).value(), *text);
+    int calls = 0;  // a consumer that stops
+    o.on_text = [&](std::string_view) { return ++calls < 5; };
+    EXPECT_EQ(Sample(*m, o).status().code(), absl::StatusCode::kAborted);
+    EXPECT_EQ(calls, 5);
+  }
 }
 
 }  // namespace

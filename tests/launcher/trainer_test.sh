@@ -3,8 +3,10 @@
 #   resume    10 + 10 steps (--stop_after, --resume) give bit-identical losses, weights and
 #             optimizer state to 20 uninterrupted steps (shuffled data, accumulation, cosine lr)
 #   dp        mpirun -np 2 with batch B matches one process with batch 2B (losses, 1e-5 relative)
-#   bad       bad input: exit code 2, a message naming the field or file, nothing written
-#   tools     --check, sample, export, a run initialised from the exported llm.c file, plot
+#   bad       bad input: exit code 2, a message naming the field or file, nothing written; --check
+#             refuses the same data; a model larger than the memory is refused at once
+#   tools     --check (with the memory estimate), sample (streamed), export (--force to overwrite),
+#             a run initialised from the exported llm.c file, plot
 #   retention checkpoint.keep keeps the checkpoints written last, never what the run just wrote
 #   nonfinite a diverging run (huge lr, a checkpoint every step) never saves NaN; SKIP goes on;
 #             every metrics line is JSON
@@ -16,6 +18,8 @@
 #   gpu       train.device "cuda": 20 steps match the CPU run (1e-5 relative), 10 + 10 steps with
 #             --resume are bit-identical to 20 on the GPU, a GPU checkpoint resumes on the CPU,
 #             BF16 trains; exit 77 (skipped) without a GPU
+#   watchdog  mpirun -np 2 with one rank SIGSTOPped mid-run: the other reports the collective it
+#             waits for and the job ends with a non-zero exit within seconds, instead of hanging
 #   signals   SIGTERM mid-run (one process, and both ranks of mpirun -np 2): a checkpoint after the
 #             step, exit 143, and --resume ends bit-identical to an uninterrupted run
 # Usage: trainer_test.sh BUILD_DIR SOURCE_DIR CASE
@@ -84,6 +88,31 @@ expect_bad() {  # expect_bad "message" command...
 }
 
 case $CASE in
+watchdog)
+  $MPIRUN -np 2 "$TRAINER" "$JOB" "${DATA[@]}" --quiet --set parallel.data=2 --set train.steps=100000 \
+    --set train.eval_every=0 --set parallel.collective_timeout_s=3 \
+    --set output.metrics="$W/wd.jsonl" > "$W/wd.out" 2>&1 &
+  job=$!
+  for _ in $(seq 100); do grep -q '"step": 3,' "$W/wd.jsonl" 2>/dev/null && break; sleep 0.2; done
+  grep -q '"step": 3,' "$W/wd.jsonl" || { kill -9 $job; fail "the 2-rank run did not start: $(cat "$W/wd.out")"; }
+  victim=""
+  for p in $(pgrep -f "$TRAINER $JOB"); do
+    grep -qz '^OMPI_COMM_WORLD_RANK=1$' /proc/$p/environ 2>/dev/null && victim=$p
+  done
+  [ -n "$victim" ] || { kill -9 $job; fail "rank 1's process not found"; }
+  kill -STOP "$victim"
+  start=$SECONDS
+  for _ in $(seq 300); do kill -0 $job 2>/dev/null || break; sleep 0.2; done
+  if kill -0 $job 2>/dev/null; then
+    kill -9 "$victim" $job; pkill -9 -f "$TRAINER $JOB"
+    fail "the job still hangs $((SECONDS - start)) s after rank 1 stopped"
+  fi
+  wait $job; rc=$?
+  kill -9 "$victim" 2>/dev/null
+  [ $rc != 0 ] || fail "the job exited 0 after a rank stopped"
+  grep -q "rank 0: collective timeout: " "$W/wd.out" || fail "no watchdog report: $(cat "$W/wd.out")"
+  echo "watchdog: job ended (exit $rc) $((SECONDS - start)) s after rank 1 was stopped: $(grep -o 'rank 0: collective timeout: [^(]*' "$W/wd.out")"
+  ;;
 gpu)
   out=$($TRAINER "$JOB" "${DATA[@]}" --quiet --set train.device=cuda --set train.steps=1 2>&1)
   if echo "$out" | grep -q 'train.device = "cuda" but'; then
@@ -192,6 +221,22 @@ bad)
   printf "0123456789a" > "$W/tiny.txt"; "$BUILD/make_tokens" "$W/tiny.txt" "$W/tiny" >/dev/null
 
   expect_bad "fewer than" $TRAINER "$JOB" "${OUT[@]}" --set data.train_tokens="$W/tiny_train.bin"
+  # --check runs the run's data checks: too little data for a batch, tokens outside the vocabulary.
+  expect_bad "fewer than" $TRAINER "$JOB" "${OUT[@]}" --set data.train_tokens="$W/tiny_train.bin" \
+    --check
+  expect_bad "outside the model's vocabulary (vocab_size = 64)" $TRAINER "$JOB" "${DATA[@]}" \
+    "${OUT[@]}" --set model.gpt.vocab_size=64 --check
+  # A model far larger than the memory: refused at once, before allocating, with the estimate per
+  # tag, the available memory and what to change (not the kernel's OOM killer after minutes).
+  start=$(date +%s)
+  for c in "" --check; do
+    expect_bad "is available" $TRAINER "$JOB" "${DATA[@]}" "${OUT[@]}" $c \
+      --set model.gpt.n_layer=100000000
+    for want in "params" "optimizer" "activations" "train.batch_size" "smaller model"; do
+      echo "$out" | grep -qF "$want" || fail "memory refusal lacks '$want': $out"
+    done
+  done
+  [ $(($(date +%s) - start)) -le 10 ] || fail "the memory refusal took $(($(date +%s) - start)) s"
   expect_bad "no checkpoint to resume from" $TRAINER "$JOB" "${DATA[@]}" "${OUT[@]}" --resume
   expect_bad "unknown option --frobnicate" $TRAINER "$JOB" --frobnicate
   # A damaged checkpoint is refused, never loaded half.
@@ -206,13 +251,27 @@ bad)
 tools)
   out=$($TRAINER "$JOB" "${DATA[@]}" --check) || fail "--check"
   echo "$out" | grep -q "grad_accum: 2" || fail "--check does not print the effective spec"
+  echo "$out" | grep -Eq "^# memory estimate per rank: params .*; total .*; available" \
+    || fail "--check does not print the memory estimate: $out"
   $TRAINER "$JOB" "${DATA[@]}" --quiet --set checkpoint.dir="$W/t" --set train.steps=5 \
     --set output.metrics="$W/t.jsonl" || fail "short run"
   $TRAINER sample "$W/t" --prompt "In the" --tokens 40 --seed 2 > "$W/s.txt" || fail "sample"
   # The prompt, 40 generated bytes, a newline.
   [ "$(head -c 6 "$W/s.txt")" = "In the" ] && [ "$(stat -c %s "$W/s.txt")" = 47 ] \
     || fail "sample output: $(od -c "$W/s.txt" | head -3)"
+  # Streamed: the first bytes arrive while the (endless) rest is still being generated.
+  first=$(timeout 60 $TRAINER sample "$W/t" --prompt "In the" --tokens 100000000 | head -c 8 | wc -c)
+  [ "$first" = 8 ] || fail "sample does not stream its output (got $first bytes)"
   $TRAINER export "$W/t" "$W/t.bin" >/dev/null || fail "export"
+  # Never over an existing file without --force, least of all the checkpoint's own files.
+  own="$W/t/step_00000005/model.safetensors"; sum=$(md5sum < "$own")
+  out=$($TRAINER export "$W/t" "$own" 2>&1); rc=$?
+  [ $rc = 2 ] && echo "$out" | grep -qF "$own" && echo "$out" | grep -qF -- "--force" \
+    || fail "export onto the checkpoint: rc $rc: $out"
+  [ "$(md5sum < "$own")" = "$sum" ] || fail "export overwrote the checkpoint's weights"
+  out=$($TRAINER export "$W/t" "$W/t.bin" 2>&1); rc=$?
+  [ $rc = 2 ] && echo "$out" | grep -qF -- "--force" || fail "export over a file: rc $rc: $out"
+  $TRAINER export "$W/t" "$W/t.bin" --force >/dev/null || fail "export --force"
   $TRAINER "$JOB" "${DATA[@]}" --quiet --set model.init_from="$W/t.bin" --set train.steps=2 \
     || fail "init_from an exported llm.c file"
   if command -v gnuplot >/dev/null; then
