@@ -349,8 +349,8 @@ __global__ void __launch_bounds__(F32<kHS>::kThreads)
 namespace tc {
 
 constexpr int kHS = 64;
-constexpr int kTile = 64;      // rows of a block's tile and of each tile it walks
-constexpr int kThreads = 128;  // 4 warps x 16 rows
+constexpr int kTile = 64;         // rows of a block's tile and of each tile it walks
+constexpr int kThreads = 128;     // 4 warps x 16 rows
 constexpr int kFwdThreads = 256;  // forward: 8 warps x 16 queries
 constexpr int kFwdRows = 128;     // forward: queries per block (key tiles of kTile)
 // bf16 row stride (elements) of the shared tiles: 36 words, so the 8 rows g and 4 word offsets
@@ -360,9 +360,9 @@ constexpr int kTileH = kTile * kLdh * sizeof(__nv_bfloat16);  // bytes of a bf16
 constexpr float kLog2e = 1.4426950408889634f;
 static_assert(kTileH % 128 == 0);
 
-constexpr int kFwdSmemBytes = 2 * kTileH;                  // K, V^T: 18432
+constexpr int kFwdSmemBytes = 2 * kTileH;                   // K, V^T: 18432
 constexpr int kDkDvSmemBytes = 4 * kTileH + 2 * kTile * 4;  // Q, Q^T, dO, dO^T, lse, D: 37376
-constexpr int kDqSmemBytes = 3 * kTileH;                   // K, K^T, V: 27648
+constexpr int kDqSmemBytes = 3 * kTileH;                    // K, K^T, V: 27648
 
 #if !defined(MEMTRAIN_ATTENTION_EMU)
 // Two bf16 in one .b32 register (the host emulation defines its own).
@@ -408,8 +408,8 @@ __device__ __forceinline__ void ItemPos(int u, int& p, int& c) {
 // Issues the loads of rows row0 .. row0+63 of src (64 floats each, row stride ld), zero for rows
 // >= T. vec4: src and ld allow 16-byte loads.
 template <int kNT>
-__device__ __forceinline__ void FetchTile(TileRegs<kNT>& r, const float* src, int64_t ld, int64_t row0,
-                                          int64_t T, bool vec4) {
+__device__ __forceinline__ void FetchTile(TileRegs<kNT>& r, const float* src, int64_t ld,
+                                          int64_t row0, int64_t T, bool vec4) {
 #pragma unroll
   for (int u = 0; u < TileRegs<kNT>::kItems; ++u) {
     int p, c;
@@ -490,8 +490,8 @@ __device__ __forceinline__ void MmaRowTile(float (&acc)[4], const BfPair (&a)[4]
   Mma(acc, a, LoadPair(p), LoadPair(p + 8));
 }
 
-// Forward. Block: 128 queries of one (b, h) (8 warps); key tiles of 64, prefetched into registers while
-// the block computes on the current one. Per warp and key tile: S = Q K^T (16 x 64) in C
+// Forward. Block: 128 queries of one (b, h) (8 warps); key tiles of 64, prefetched into registers
+// while the block computes on the current one. Per warp and key tile: S = Q K^T (16 x 64) in C
 // fragments, online softmax (m, l per row; scores kept unscaled, exp2 with scale * log2 e), P
 // as bf16 A fragments, O += P V with V^T in shared memory.
 __global__ void __launch_bounds__(kFwdThreads, 1)
@@ -634,12 +634,12 @@ __global__ void __launch_bounds__(kThreads, 2)
                    const float* __restrict__ qkv, const float* __restrict__ lse, int64_t B,
                    int64_t T, int64_t C, int64_t NH, float scale, bool qkv_vec4, bool dout_vec4) {
   extern __shared__ __align__(128) unsigned char smem[];
-  __nv_bfloat16* qs = reinterpret_cast<__nv_bfloat16*>(smem);               // (64 queries, kLdh)
-  __nv_bfloat16* qt = reinterpret_cast<__nv_bfloat16*>(smem + kTileH);      // (64 dims, kLdh)
+  __nv_bfloat16* qs = reinterpret_cast<__nv_bfloat16*>(smem);                // (64 queries, kLdh)
+  __nv_bfloat16* qt = reinterpret_cast<__nv_bfloat16*>(smem + kTileH);       // (64 dims, kLdh)
   __nv_bfloat16* dos = reinterpret_cast<__nv_bfloat16*>(smem + 2 * kTileH);  // (64 queries, kLdh)
   __nv_bfloat16* dot = reinterpret_cast<__nv_bfloat16*>(smem + 3 * kTileH);  // (64 dims, kLdh)
-  float* lse_s = reinterpret_cast<float*>(smem + 4 * kTileH);  // (64) lse * log2 e
-  float* d_s = lse_s + kTile;                                  // (64) D
+  float* lse_s = reinterpret_cast<float*>(smem + 4 * kTileH);                // (64) lse * log2 e
+  float* d_s = lse_s + kTile;                                                // (64) D
 
   const TileIndex ti = BlockTile(B, NH);
   const int64_t j0 = ti.rank * kTile;  // rank 0: the first keys, seen by every query
@@ -650,7 +650,7 @@ __global__ void __launch_bounds__(kThreads, 2)
   const float* dout_bh = dout + ti.b * T * C + ti.h * kHS;
   const float* lse_bh = lse + (ti.b * NH + ti.h) * T;
   float* dbase = dqkv + ti.b * T * C3 + ti.h * kHS;  // D of query t at dbase[t*C3]
-  const int64_t ja = j0 + 16 * warp + g;              // this thread's keys: ja and ja + 8
+  const int64_t ja = j0 + 16 * warp + g;             // this thread's keys: ja and ja + 8
   const float sl2 = scale * kLog2e;
 
   TileRegs<> qr, dr;
@@ -764,7 +764,7 @@ __global__ void __launch_bounds__(kThreads, 2)
   const int64_t C3 = 3 * C;
   const float* base = qkv + ti.b * T * C3 + ti.h * kHS;
   float* dbase = dqkv + ti.b * T * C3 + ti.h * kHS;  // D of query t at dbase[t*C3]
-  const int64_t ra = i0 + 16 * warp + g;              // this thread's rows: ra and ra + 8
+  const int64_t ra = i0 + 16 * warp + g;             // this thread's rows: ra and ra + 8
   const float sl2 = scale * kLog2e;
 
   TileRegs<> kr, vr;
