@@ -1,0 +1,188 @@
+#include "optim/zo.h"
+
+#include <algorithm>
+#include <cmath>
+
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
+#include "core/backend.h"
+#include "core/philox.h"
+
+namespace memtrain::optim {
+namespace {
+
+constexpr uint64_t kStepSeedStream = 0x5a4f5a4f;  // "ZOZO": the stream of the step seeds
+
+int64_t LargestBlock(core::Model* model) {
+  int64_t n = 1;
+  for (int s = 0; s < model->num_stages(); ++s) n = std::max(n, model->block(s).numel());
+  return n;
+}
+
+}  // namespace
+
+absl::Status ZoConfig::Validate() const {
+  auto bad = [](const char* field, float v, const char* why) {
+    return absl::InvalidArgumentError(absl::StrCat("ZoConfig::", field, " = ", v, ": ", why));
+  };
+  if (!(std::isfinite(lr) && lr >= 0)) {
+    return bad("lr", lr, "must be >= 0 and finite (MeZO fine-tunes with 1e-7 to 1e-5)");
+  }
+  if (!(std::isfinite(eps) && eps > 0)) {
+    return bad("eps", eps, "must be > 0 and finite (MeZO uses 1e-3)");
+  }
+  if (!(std::isfinite(weight_decay) && weight_decay >= 0)) {
+    return bad("weight_decay", weight_decay, "must be >= 0 (0 turns weight decay off)");
+  }
+  if (samples < 1) {
+    return absl::InvalidArgumentError(absl::StrFormat(
+        "ZoConfig::samples = %d: must be >= 1 (directions per step; 2 forward lanes each)",
+        samples));
+  }
+  return absl::OkStatus();
+}
+
+uint64_t ZoStepSeed(uint64_t seed, int64_t step) {
+  const core::PhiloxCounter c =
+      core::PhiloxBlock(seed, kStepSeedStream, static_cast<uint64_t>(step));
+  return (static_cast<uint64_t>(c[1]) << 32) | c[0];
+}
+
+// ---- ZoPerturbation ------------------------------------------------------------------------
+
+absl::StatusOr<std::unique_ptr<ZoPerturbation>> ZoPerturbation::Create(core::Model* model) {
+  if (model == nullptr) return absl::InvalidArgumentError("ZoPerturbation: the model is null");
+  std::unique_ptr<ZoPerturbation> p(new ZoPerturbation(model));
+  const int64_t n = LargestBlock(model);
+  for (core::Tensor& t : p->scratch_) {
+    MT_ASSIGN_OR_RETURN(t, core::Tensor::Empty({n}, core::DType::kF32, core::MemoryTag::kScratch,
+                                               model->block(0).device()));
+  }
+  return p;
+}
+
+absl::Status ZoPerturbation::Bind(core::ParamBlock& block, int slot, int lane,
+                                  const core::ExecContext& ctx) {
+  const int64_t n = block.numel();
+  if (n == 0) return absl::OkStatus();
+  core::Backend& be = core::BackendFor(block.device());
+  core::Tensor view = scratch_[slot].View(0, {n});
+  // scratch = s*eps*z (one rounding), then + theta: the weights themselves are never written.
+  const float scale = (lane % 2 == 0) ? eps_ : -eps_;
+  be.FillNormal(ctx, view.f32(), n, seed_, ZoStream(block.id(), lane / 2), 0, 0.0f, scale);
+  be.Axpy(ctx, view.f32(), 1.0f, block.params().f32(), n);
+  MT_RETURN_IF_ERROR(block.BindParams(view));
+  bound_.push_back(&block);
+  return absl::OkStatus();
+}
+
+absl::Status ZoPerturbation::BeforeForward(const core::StageEvent& e) {
+  if (e.pass != core::Pass::kLaneForward) return absl::OkStatus();
+  if (e.extra.size() > 1) {
+    return absl::UnimplementedError(
+        absl::StrFormat("ZoPerturbation: stage %d reads %d other blocks; one is supported", e.stage,
+                        e.extra.size()));
+  }
+  MT_RETURN_IF_ERROR(Bind(*e.block, 0, e.lane, *e.ctx));
+  for (int b : e.extra) MT_RETURN_IF_ERROR(Bind(model_->block(b), 1, e.lane, *e.ctx));
+  return absl::OkStatus();
+}
+
+absl::Status ZoPerturbation::AfterForward(const core::StageEvent& e) {
+  for (core::ParamBlock* b : bound_) b->UnbindParams();
+  bound_.clear();
+  return absl::OkStatus();
+}
+
+// ---- ZoSgd ------------------------------------------------------------------------------
+
+double ZoStepResult::loss() const {
+  double s = 0;
+  for (size_t i = 0; i < loss_plus.size(); ++i) s += 0.5 * (loss_plus[i] + loss_minus[i]);
+  return loss_plus.empty() ? 0.0 : s / static_cast<double>(loss_plus.size());
+}
+
+absl::StatusOr<std::unique_ptr<ZoSgd>> ZoSgd::Create(core::Model* model, ZoConfig config) {
+  if (model == nullptr) return absl::InvalidArgumentError("ZoSgd: the model is null");
+  MT_RETURN_IF_ERROR(config.Validate());
+  std::unique_ptr<ZoSgd> zo(new ZoSgd(model, config));
+  MT_ASSIGN_OR_RETURN(zo->perturb_, ZoPerturbation::Create(model));
+  MT_ASSIGN_OR_RETURN(zo->z_,
+                      core::Tensor::Empty({LargestBlock(model)}, core::DType::kF32,
+                                          core::MemoryTag::kScratch, model->block(0).device()));
+  return zo;
+}
+
+ZoSgd::~ZoSgd() = default;
+
+absl::Status ZoSgd::set_lr(float lr) {
+  if (!(std::isfinite(lr) && lr >= 0)) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("ZoSgd::set_lr(", lr, "): must be >= 0 and finite; it stays ", config_.lr));
+  }
+  config_.lr = lr;
+  return absl::OkStatus();
+}
+
+absl::StatusOr<ZoStepResult> ZoSgd::Step(core::Engine& engine, const core::Batch& batch,
+                                         uint64_t step_seed) {
+  const int q = config_.samples;
+  const core::PrepareOptions& p = model_->prepared();
+  if (p.mode != core::ModelMode::kForwardOnly || p.lanes < 2 * q) {
+    return absl::FailedPreconditionError(absl::StrFormat(
+        "ZoSgd::Step with %d sample(s) needs the model prepared kForwardOnly with %d lanes; it "
+        "was prepared %s with %d",
+        q, 2 * q, core::ModelModeName(p.mode), p.lanes));
+  }
+  if (batch.targets == nullptr) {
+    return absl::InvalidArgumentError("ZoSgd::Step needs a batch with targets (the loss)");
+  }
+  perturb_->Set(step_seed, config_.eps);
+  engine.AddHooks(perturb_.get());
+  const std::vector<core::Batch> lanes(2 * q, batch);
+  absl::Status ran = engine.ForwardLanes(lanes);
+  engine.RemoveHooks(perturb_.get());
+  MT_RETURN_IF_ERROR(ran);
+
+  ZoStepResult r;
+  bool finite = true;
+  for (int i = 0; i < q; ++i) {
+    const double lp = model_->Loss(2 * i), lm = model_->Loss(2 * i + 1);
+    r.loss_plus.push_back(lp);
+    r.loss_minus.push_back(lm);
+    r.projected_grad.push_back((lp - lm) / (2.0 * static_cast<double>(config_.eps)));
+    finite = finite && std::isfinite(lp) && std::isfinite(lm);
+  }
+  if (finite && config_.lr > 0) Update(step_seed, r.projected_grad);
+  return r;
+}
+
+void ZoSgd::Update(uint64_t step_seed, const std::vector<double>& g) {
+  const int q = static_cast<int>(g.size());
+  const double lr = config_.lr;
+  for (int s = 0; s < model_->num_stages(); ++s) {
+    core::ParamBlock& b = model_->block(s);
+    const int64_t n = b.numel();
+    if (n == 0) continue;
+    core::Backend& be = core::BackendFor(b.device());
+    const core::ExecContext ctx = core::ExecContext::For(b.device());
+    float* theta = b.params().f32();
+    // theta -= lr * wd * theta on the decayed views (the old theta: before the noise terms).
+    if (config_.weight_decay > 0) {
+      const float a = static_cast<float>(-lr * config_.weight_decay);
+      for (const core::ParamView& v : b.views()) {
+        if (v.decay) be.Axpy(ctx, theta + v.offset, a, theta + v.offset, v.numel);
+      }
+    }
+    // theta -= lr / q * sum_i c_i z_i, c_i = g_i or sign(g_i); z regenerated per sample.
+    for (int i = 0; i < q; ++i) {
+      const double c = config_.sign ? static_cast<double>((g[i] > 0) - (g[i] < 0)) : g[i];
+      if (c == 0.0) continue;
+      be.FillNormal(ctx, z_.f32(), n, step_seed, ZoStream(b.id(), i), 0, 0.0f, 1.0f);
+      be.Axpy(ctx, theta, static_cast<float>(-lr * c / q), z_.f32(), n);
+    }
+    if (b.has_mask()) b.ApplyMask();
+  }
+}
+
+}  // namespace memtrain::optim

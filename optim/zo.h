@@ -1,0 +1,109 @@
+// Zeroth-order fine-tuning (MeZO, Malladi et al. 2023): no backward, no gradients, no activations
+// kept across blocks. Per step and sample i, two forward lanes see the weights moved by +eps*z_i
+// and -eps*z_i; the projected gradient g_i = (l+ - l-) / (2 eps) (in double) scales z_i in the
+// update theta -= lr * (mean_i g_i z_i + wd * theta), or theta -= lr * mean_i sign(g_i) z_i
+// (ZO-SignSGD). z is Philox noise keyed by (step seed, block id, sample, element), so it is the
+// same on any rank, device, block order or offload setting, and is regenerated, never stored.
+//
+// The weights are never moved in place: ZoPerturbation (a kMemory hook) binds every block a
+// stage reads to a scratch copy theta + s*eps*z for the lane's sign s, so after a step with lr = 0
+// the weights are bit-identical to before, and the tied embedding (block 0, also read by the
+// head) is perturbed once, the same way wherever it is read.
+//
+//   MT_RETURN_IF_ERROR(model->Prepare({.B = B, .T = T, .mode = core::ModelMode::kForwardOnly,
+//                                      .lanes = 2 * config.samples}));
+//   MT_ASSIGN_OR_RETURN(auto zo, optim::ZoSgd::Create(model.get(), config));
+//   MT_ASSIGN_OR_RETURN(optim::ZoStepResult r,
+//                       zo->Step(engine, batch, optim::ZoStepSeed(job_seed, step)));
+#ifndef MEMTRAIN_OPTIM_ZO_H_
+#define MEMTRAIN_OPTIM_ZO_H_
+
+#include <cstdint>
+#include <memory>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "core/engine.h"
+#include "core/model.h"
+#include "core/tensor.h"
+
+namespace memtrain::optim {
+
+struct ZoConfig {
+  float lr = 1e-6f;           // learning rate (>= 0; 0 leaves the weights bit-identical)
+  float eps = 1e-3f;          // perturbation scale (> 0)
+  float weight_decay = 0.0f;  // on matrices and embeddings only (ParamView::decay)
+  int samples = 1;            // q: perturbation directions per step (2q forward lanes)
+  bool sign = false;          // ZO-SignSGD: theta -= lr * mean_i sign(g_i) z_i
+
+  // InvalidArgument naming the field ("ZoConfig::eps = 0: must be > 0 ...").
+  absl::Status Validate() const;
+};
+
+// The seed of step `step` of a job seeded `seed`: the same on every rank, no message needed.
+uint64_t ZoStepSeed(uint64_t seed, int64_t step);
+
+// The Philox stream of block `block_id`'s noise for sample `sample`.
+inline uint64_t ZoStream(int block_id, int sample) {
+  return (static_cast<uint64_t>(block_id) << 32) | static_cast<uint32_t>(sample);
+}
+
+// Binds, for lane l of a kLaneForward pass, every block the stage reads to theta + s*eps*z of
+// sample l / 2 (s = +1 for even lanes, -1 for odd ones), and unbinds them after the stage.
+class ZoPerturbation final : public core::StageHooks {
+ public:
+  // Scratch of the largest block (two: a stage's own block and the one it also reads).
+  static absl::StatusOr<std::unique_ptr<ZoPerturbation>> Create(core::Model* model);
+  core::HookRole role() const override { return core::HookRole::kMemory; }
+  void Set(uint64_t step_seed, float eps) {
+    seed_ = step_seed;
+    eps_ = eps;
+  }
+  absl::Status BeforeForward(const core::StageEvent& e) override;
+  absl::Status AfterForward(const core::StageEvent& e) override;
+
+ private:
+  explicit ZoPerturbation(core::Model* model) : model_(model) {}
+  absl::Status Bind(core::ParamBlock& block, int slot, int lane, const core::ExecContext& ctx);
+
+  core::Model* model_;
+  core::Tensor scratch_[2];  // f32, the largest block's size
+  std::vector<core::ParamBlock*> bound_;
+  uint64_t seed_ = 0;
+  float eps_ = 0.0f;
+};
+
+struct ZoStepResult {
+  std::vector<double> loss_plus, loss_minus;  // per sample
+  std::vector<double> projected_grad;         // g_i = (l+ - l-) / (2 eps), per sample
+  double loss() const;                        // mean of (l+ + l-) / 2 over the samples
+};
+
+class ZoSgd {
+ public:
+  // The model must be prepared kForwardOnly with at least 2 * samples lanes before Step.
+  static absl::StatusOr<std::unique_ptr<ZoSgd>> Create(core::Model* model, ZoConfig config);
+  ~ZoSgd();
+
+  // One step on `batch`: the 2q lanes, the projected gradients, then the update (skipped when
+  // any loss is not finite: the result says so through its values, the weights stay as they
+  // were). `engine` must run `model`.
+  absl::StatusOr<ZoStepResult> Step(core::Engine& engine, const core::Batch& batch,
+                                    uint64_t step_seed);
+
+  const ZoConfig& config() const { return config_; }
+  absl::Status set_lr(float lr);
+
+ private:
+  ZoSgd(core::Model* model, ZoConfig config) : model_(model), config_(config) {}
+  void Update(uint64_t step_seed, const std::vector<double>& g);
+
+  core::Model* model_;
+  ZoConfig config_;
+  std::unique_ptr<ZoPerturbation> perturb_;
+  core::Tensor z_;  // f32 noise of one block, regenerated per block and sample
+};
+
+}  // namespace memtrain::optim
+
+#endif  // MEMTRAIN_OPTIM_ZO_H_
