@@ -97,6 +97,8 @@ class LoopStrategy {
 
 // Backprop with data parallelism (over the data x sequence group) and gradient accumulation.
 std::unique_ptr<LoopStrategy> MakeBackpropStrategy(const Job& job);
+// Zeroth-order steps (optimizer.zo): forward-only lanes, no gradients (launcher/zo_step.cc).
+std::unique_ptr<LoopStrategy> MakeZoStrategy(const Job& job);
 
 }  // namespace memtrain::launcher
 

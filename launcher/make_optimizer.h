@@ -16,12 +16,14 @@
 #include "optim/adamw.h"
 #include "optim/lion.h"
 #include "optim/sgd.h"
+#include "optim/zo.h"
 
 namespace memtrain::launcher {
 
 optim::AdamWConfig ToAdamWConfig(const AdamW& spec);
 optim::LionConfig ToLionConfig(const Lion& spec);
 optim::SgdConfig ToSgdConfig(const Sgd& spec);
+optim::ZoConfig ToZoConfig(const Zo& spec);
 
 // The chosen optimizer's config Validate(), with job-spec field names. Expects a filled spec.
 absl::Status ValidateOptimizerSpec(const Optimizer& spec);

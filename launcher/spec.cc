@@ -254,6 +254,23 @@ absl::Status ValidateJob(const Job& job, int world_size) {
   }
   // The optimizer's own validation (optim::*Config::Validate), with job-spec field names.
   MT_RETURN_IF_ERROR(ValidateOptimizerSpec(job.optimizer()));
+  if (job.optimizer().has_zo()) {
+    if (t.grad_accum() != 1) {
+      return Bad("train.grad_accum", absl::StrCat(t.grad_accum()),
+                 "must be 1 with optimizer.zo (raise optimizer.zo.samples or train.batch_size "
+                 "instead)");
+    }
+    if (job.optimizer().clip_grad_norm() != 0) {
+      return Bad("optimizer.clip_grad_norm", absl::StrCat(job.optimizer().clip_grad_norm()),
+                 "has no meaning with optimizer.zo (there are no gradients); leave it 0");
+    }
+    if (world_size > 1) {
+      return absl::InvalidArgumentError(absl::StrFormat(
+          "optimizer.zo runs on one rank for now (%d were started); perturbation and data "
+          "parallelism for it come next: start it without mpirun",
+          world_size));
+    }
+  }
   if (!(job.optimizer().clip_grad_norm() >= 0)) {
     return Bad("optimizer.clip_grad_norm", absl::StrCat(job.optimizer().clip_grad_norm()),
                "must be >= 0 (0 = no clipping)");

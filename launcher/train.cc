@@ -71,7 +71,8 @@ absl::Status RunTraining(const Job& job, const TrainOptions& options,
                                                             .perturbation = par.perturbation()}));
   const int D = grid.data().size(), rank = world->rank();
   const bool resuming = options.resume || !options.resume_from.empty();
-  std::unique_ptr<LoopStrategy> strategy = MakeBackpropStrategy(job);
+  std::unique_ptr<LoopStrategy> strategy =
+      job.optimizer().has_zo() ? MakeZoStrategy(job) : MakeBackpropStrategy(job);
   Setup s;
   MT_RETURN_IF_ERROR(
       AgreeOnStatus(world, BuildSetup(job, options, grid.data_rank(), D, strategy->mode(), &s)));

@@ -102,10 +102,11 @@ double ZoStepResult::loss() const {
   return loss_plus.empty() ? 0.0 : s / static_cast<double>(loss_plus.size());
 }
 
-absl::StatusOr<std::unique_ptr<ZoSgd>> ZoSgd::Create(core::Model* model, ZoConfig config) {
-  if (model == nullptr) return absl::InvalidArgumentError("ZoSgd: the model is null");
+absl::StatusOr<std::unique_ptr<ZoSgd>> ZoSgd::Create(core::Model* model, ZoConfig config,
+                                                     DecayPolicy decay) {
+  MT_RETURN_IF_ERROR(CheckModel(model));
   MT_RETURN_IF_ERROR(config.Validate());
-  std::unique_ptr<ZoSgd> zo(new ZoSgd(model, config));
+  std::unique_ptr<ZoSgd> zo(new ZoSgd(model, config, std::move(decay)));
   MT_ASSIGN_OR_RETURN(zo->perturb_, ZoPerturbation::Create(model));
   MT_ASSIGN_OR_RETURN(zo->z_,
                       core::Tensor::Empty({LargestBlock(model)}, core::DType::kF32,
@@ -115,17 +116,18 @@ absl::StatusOr<std::unique_ptr<ZoSgd>> ZoSgd::Create(core::Model* model, ZoConfi
 
 ZoSgd::~ZoSgd() = default;
 
-absl::Status ZoSgd::set_lr(float lr) {
-  if (!(std::isfinite(lr) && lr >= 0)) {
-    return absl::InvalidArgumentError(
-        absl::StrCat("ZoSgd::set_lr(", lr, "): must be >= 0 and finite; it stays ", config_.lr));
-  }
-  config_.lr = lr;
-  return absl::OkStatus();
-}
-
 absl::StatusOr<ZoStepResult> ZoSgd::Step(core::Engine& engine, const core::Batch& batch,
                                          uint64_t step_seed) {
+  MT_ASSIGN_OR_RETURN(ZoStepResult r, Measure(engine, batch, step_seed));
+  for (size_t i = 0; i < r.loss_plus.size(); ++i) {
+    if (!std::isfinite(r.loss_plus[i]) || !std::isfinite(r.loss_minus[i])) return r;
+  }
+  Optimizer::Step();
+  return r;
+}
+
+absl::StatusOr<ZoStepResult> ZoSgd::Measure(core::Engine& engine, const core::Batch& batch,
+                                            uint64_t step_seed) {
   const int q = config_.samples;
   const core::PrepareOptions& p = model_->prepared();
   if (p.mode != core::ModelMode::kForwardOnly || p.lanes < 2 * q) {
@@ -145,44 +147,40 @@ absl::StatusOr<ZoStepResult> ZoSgd::Step(core::Engine& engine, const core::Batch
   MT_RETURN_IF_ERROR(ran);
 
   ZoStepResult r;
-  bool finite = true;
   for (int i = 0; i < q; ++i) {
     const double lp = model_->Loss(2 * i), lm = model_->Loss(2 * i + 1);
     r.loss_plus.push_back(lp);
     r.loss_minus.push_back(lm);
     r.projected_grad.push_back((lp - lm) / (2.0 * static_cast<double>(config_.eps)));
-    finite = finite && std::isfinite(lp) && std::isfinite(lm);
   }
-  if (finite && config_.lr > 0) Update(step_seed, r.projected_grad);
+  seed_ = step_seed;
+  g_ = r.projected_grad;
   return r;
 }
 
-void ZoSgd::Update(uint64_t step_seed, const std::vector<double>& g) {
-  const int q = static_cast<int>(g.size());
-  const double lr = config_.lr;
-  for (int s = 0; s < model_->num_stages(); ++s) {
-    core::ParamBlock& b = model_->block(s);
-    const int64_t n = b.numel();
-    if (n == 0) continue;
-    core::Backend& be = core::BackendFor(b.device());
-    const core::ExecContext ctx = core::ExecContext::For(b.device());
-    float* theta = b.params().f32();
-    // theta -= lr * wd * theta on the decayed views (the old theta: before the noise terms).
-    if (config_.weight_decay > 0) {
-      const float a = static_cast<float>(-lr * config_.weight_decay);
-      for (const core::ParamView& v : b.views()) {
-        if (v.decay) be.Axpy(ctx, theta + v.offset, a, theta + v.offset, v.numel);
-      }
-    }
-    // theta -= lr / q * sum_i c_i z_i, c_i = g_i or sign(g_i); z regenerated per sample.
-    for (int i = 0; i < q; ++i) {
-      const double c = config_.sign ? static_cast<double>((g[i] > 0) - (g[i] < 0)) : g[i];
-      if (c == 0.0) continue;
-      be.FillNormal(ctx, z_.f32(), n, step_seed, ZoStream(b.id(), i), 0, 0.0f, 1.0f);
-      be.Axpy(ctx, theta, static_cast<float>(-lr * c / q), z_.f32(), n);
-    }
-    if (b.has_mask()) b.ApplyMask();
+void ZoSgd::StepBlock(int stage, float) {
+  const double lr = lr_;
+  core::ParamBlock& b = model_->block(stage);
+  const int64_t n = b.numel();
+  if (n == 0 || lr == 0.0 || g_.empty()) return;
+  core::Backend& be = core::BackendFor(b.device());
+  float* theta = b.params().f32();
+  // theta -= lr * wd * theta on the decayed views (the old theta: before the noise terms).
+  if (config_.weight_decay > 0) {
+    const float a = static_cast<float>(-lr * config_.weight_decay);
+    ForEachDecayRange(stage, [&](int64_t off, int64_t count, bool decay) {
+      if (decay) be.Axpy(ctx_, theta + off, a, theta + off, count);
+    });
   }
+  // theta -= lr / q * sum_i c_i z_i, c_i = g_i or sign(g_i); z regenerated per sample.
+  const int q = static_cast<int>(g_.size());
+  for (int i = 0; i < q; ++i) {
+    const double c = config_.sign ? static_cast<double>((g_[i] > 0) - (g_[i] < 0)) : g_[i];
+    if (c == 0.0) continue;
+    be.FillNormal(ctx_, z_.f32(), n, seed_, ZoStream(b.id(), i), 0, 0.0f, 1.0f);
+    be.Axpy(ctx_, theta, static_cast<float>(-lr * c / q), z_.f32(), n);
+  }
+  if (b.has_mask()) b.ApplyMask();
 }
 
 }  // namespace memtrain::optim

@@ -26,6 +26,7 @@
 #include "core/engine.h"
 #include "core/model.h"
 #include "core/tensor.h"
+#include "optim/optimizer.h"
 
 namespace memtrain::optim {
 
@@ -79,29 +80,41 @@ struct ZoStepResult {
   double loss() const;                        // mean of (l+ + l-) / 2 over the samples
 };
 
-class ZoSgd {
+// An optim::Optimizer without state ("zo"): checkpoints, set_lr and schedules work as for the
+// others. Step(engine, batch, seed) measures and updates; the inherited Step() applies the update
+// of the last measurement block by block (StepBlock), as offload needs.
+class ZoSgd final : public Optimizer {
  public:
-  // The model must be prepared kForwardOnly with at least 2 * samples lanes before Step.
-  static absl::StatusOr<std::unique_ptr<ZoSgd>> Create(core::Model* model, ZoConfig config);
-  ~ZoSgd();
+  // The model must be prepared kForwardOnly with at least 2 * samples lanes before Step. Weight
+  // decay goes to the views `decay` picks (matrices and embeddings by default).
+  static absl::StatusOr<std::unique_ptr<ZoSgd>> Create(core::Model* model, ZoConfig config,
+                                                       DecayPolicy decay = {});
+  ~ZoSgd() override;
+  const char* name() const override { return "zo"; }
 
-  // One step on `batch`: the 2q lanes, the projected gradients, then the update (skipped when
-  // any loss is not finite: the result says so through its values, the weights stay as they
-  // were). `engine` must run `model`.
+  // One step on `batch`: the 2q lanes, the projected gradients, then the update with lr() (no
+  // update, and the step not counted, when a loss is not finite: check the result). `engine`
+  // must run the model.
   absl::StatusOr<ZoStepResult> Step(core::Engine& engine, const core::Batch& batch,
                                     uint64_t step_seed);
+  // The two halves of Step: the lanes and g (Measure), then Optimizer::Step() applies them.
+  absl::StatusOr<ZoStepResult> Measure(core::Engine& engine, const core::Batch& batch,
+                                       uint64_t step_seed);
+  using Optimizer::Step;
+  void StepBlock(int stage, float grad_scale) override;
+  std::vector<std::pair<std::string, core::Tensor>> State(int stage) const override { return {}; }
 
   const ZoConfig& config() const { return config_; }
-  absl::Status set_lr(float lr);
 
  private:
-  ZoSgd(core::Model* model, ZoConfig config) : model_(model), config_(config) {}
-  void Update(uint64_t step_seed, const std::vector<double>& g);
+  ZoSgd(core::Model* model, ZoConfig config, DecayPolicy decay)
+      : Optimizer(model, config.lr, std::move(decay)), config_(config) {}
 
-  core::Model* model_;
   ZoConfig config_;
   std::unique_ptr<ZoPerturbation> perturb_;
-  core::Tensor z_;  // f32 noise of one block, regenerated per block and sample
+  core::Tensor z_;         // f32 noise of one block, regenerated per block and sample
+  uint64_t seed_ = 0;      // of the last Measure
+  std::vector<double> g_;  // its projected gradients
 };
 
 }  // namespace memtrain::optim

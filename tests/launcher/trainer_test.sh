@@ -18,6 +18,8 @@
 #   gpu       train.device "cuda": 20 steps match the CPU run (1e-5 relative), 10 + 10 steps with
 #             --resume are bit-identical to 20 on the GPU, a GPU checkpoint resumes on the CPU,
 #             BF16 trains; exit 77 (skipped) without a GPU
+#   zo        optimizer.zo (MeZO): lr 0 leaves the weights bit-identical however many steps run,
+#             10 + 10 steps with --resume are bit-identical to 20, bad zo fields are refused
 #   watchdog  mpirun -np 2 with one rank SIGSTOPped mid-run: the other reports the collective it
 #             waits for and the job ends with a non-zero exit within seconds, instead of hanging
 #   signals   SIGTERM mid-run (one process, and both ranks of mpirun -np 2): a checkpoint after the
@@ -74,7 +76,8 @@ no_tmp() {
 DATA=(--set data.train_tokens="$W/doc_train.bin" --set data.val_tokens="$W/doc_val.bin")
 # Metrics lines without the timing fields, which differ between runs.
 losses() {
-  grep -v '"event"' "$1" | sed -E 's/, "tokens_per_sec": [0-9.]+, "step_ms": [0-9.]+, "comm_wait_ms": [0-9.]+//'
+  grep -v '"event"' "$1" |
+    sed -E 's/, "tokens_per_sec": [0-9.]+, "step_ms": [0-9.]+(, "comm_wait_ms": [0-9.]+)?//'
 }
 
 # Runs a command that must fail with exit 2, print `message` and write nothing under $W/out.
@@ -88,6 +91,33 @@ expect_bad() {  # expect_bad "message" command...
 }
 
 case $CASE in
+zo)
+  ZO=(--set train.grad_accum=1 --set optimizer.zo.samples=2 --set optimizer.zo.eps=1e-2)
+  for n in 5 10; do
+    $TRAINER "$JOB" "${DATA[@]}" "${ZO[@]}" --quiet --set optimizer.zo.lr=0 --set train.steps=$n \
+      --set checkpoint.dir="$W/z$n" --set output.metrics="$W/z$n.jsonl" || fail "zo lr=0 run"
+  done
+  cmp "$W/z5/step_00000005/model.safetensors" "$W/z10/step_00000010/model.safetensors" \
+    || fail "zo with lr 0 moved the weights"
+  grep '"step": 3,' "$W/z10.jsonl" | grep -q '"loss_plus"' || fail "no loss_plus in the metrics"
+  [ "$(grep -o '"loss_plus": [0-9.]*' "$W/z10.jsonl" | sort -u | wc -l)" -gt 1 ] || fail "zo lanes not run"
+  $TRAINER "$JOB" "${DATA[@]}" "${ZO[@]}" --quiet --set optimizer.zo.lr=1e-3 \
+    --set checkpoint.dir="$W/za" --set output.metrics="$W/za.jsonl" || fail "zo run"
+  $TRAINER "$JOB" "${DATA[@]}" "${ZO[@]}" --quiet --set optimizer.zo.lr=1e-3 \
+    --set checkpoint.dir="$W/zb" --set output.metrics="$W/zb.jsonl" --stop_after 10 || fail "zo half"
+  $TRAINER "$JOB" "${DATA[@]}" "${ZO[@]}" --quiet --set optimizer.zo.lr=1e-3 \
+    --set checkpoint.dir="$W/zb" --set output.metrics="$W/zb.jsonl" --resume || fail "zo resumed"
+  diff <(losses "$W/za.jsonl") <(losses "$W/zb.jsonl") || fail "zo: resumed metrics differ"
+  cmp "$W/za/step_00000020/model.safetensors" "$W/zb/step_00000020/model.safetensors" \
+    || fail "zo: resumed weights differ"
+  cmp -s "$W/za/step_00000020/model.safetensors" "$W/z10/step_00000010/model.safetensors" \
+    && fail "zo with lr 1e-3 did not move the weights"
+  expect_bad "optimizer.zo.eps" $TRAINER "$JOB" "${DATA[@]}" "${ZO[@]}" --set optimizer.zo.eps=0 \
+    --set checkpoint.dir="$W/out/c"
+  expect_bad "train.grad_accum" $TRAINER "$JOB" "${DATA[@]}" --set optimizer.zo.lr=1e-3 \
+    --set checkpoint.dir="$W/out/c"
+  echo "zo: lr 0 leaves the weights bit-identical; 10 + 10 steps == 20, bit for bit"
+  ;;
 watchdog)
   $MPIRUN -np 2 "$TRAINER" "$JOB" "${DATA[@]}" --quiet --set parallel.data=2 --set train.steps=100000 \
     --set train.eval_every=0 --set parallel.collective_timeout_s=3 \
