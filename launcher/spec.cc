@@ -264,12 +264,6 @@ absl::Status ValidateJob(const Job& job, int world_size) {
       return Bad("optimizer.clip_grad_norm", absl::StrCat(job.optimizer().clip_grad_norm()),
                  "has no meaning with optimizer.zo (there are no gradients); leave it 0");
     }
-    if (world_size > 1) {
-      return absl::InvalidArgumentError(absl::StrFormat(
-          "optimizer.zo runs on one rank for now (%d were started); perturbation and data "
-          "parallelism for it come next: start it without mpirun",
-          world_size));
-    }
   }
   if (!(job.optimizer().clip_grad_norm() >= 0)) {
     return Bad("optimizer.clip_grad_norm", absl::StrCat(job.optimizer().clip_grad_norm()),
@@ -292,10 +286,16 @@ absl::Status ValidateJob(const Job& job, int world_size) {
     return Bad("parallel.sequence", absl::StrCat(p.sequence()),
                "sequence parallelism is not implemented yet; set it to 1");
   }
-  if (p.perturbation() != 1) {
+  if (p.perturbation() != 1 && !job.optimizer().has_zo()) {
     return Bad("parallel.perturbation", absl::StrCat(p.perturbation()),
-               "perturbation parallelism needs a zeroth-order optimizer, not available yet; set "
-               "it to 1");
+               "perturbation parallelism splits the forward passes of a zeroth-order step: it "
+               "needs optimizer.zo; set it to 1");
+  }
+  if (job.optimizer().has_zo() && p.perturbation() > 2 * job.optimizer().zo().samples()) {
+    return Bad("parallel.perturbation", absl::StrCat(p.perturbation()),
+               absl::StrFormat("must be at most 2 * optimizer.zo.samples = %d (the forward "
+                               "passes of a step); raise samples or lower perturbation",
+                               2 * job.optimizer().zo().samples()));
   }
   const int64_t product = int64_t{p.data()} * p.sequence() * p.perturbation();
   if (product != world_size) {

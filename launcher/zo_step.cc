@@ -21,20 +21,18 @@ class ZoStrategy : public LoopStrategy {
 
   absl::Status Start(LoopContext& ctx) override {
     ctx_ = &ctx;
-    if (ctx.grid.world().size() > 1) {
-      return absl::UnimplementedError(
-          "optimizer.zo runs on one rank for now (perturbation and data parallelism come "
-          "next); start it without mpirun or with -np 1");
-    }
     zo_ = dynamic_cast<optim::ZoSgd*>(ctx.setup.opt.get());
     if (zo_ == nullptr) return absl::InternalError("the zo strategy needs the zo optimizer");
+    // Perturbation parallelism: rank p of a group of P runs the lanes p, p + P, ...; data
+    // parallelism: the data ranks read different batches. Only scalars cross ranks.
+    P_ = ctx.grid.perturbation().size();
+    D_ = ctx.grid.data().size();
+    zo_->set_lanes(ctx.grid.perturbation_rank(), P_);
     B_ = job_.train().batch_size();
     T_ = job_.train().seq_len();
     // BuildSetup prepared one lane; the step runs 2 per sample.
-    MT_RETURN_IF_ERROR(ctx.setup.model->Prepare({.B = B_,
-                                                 .T = T_,
-                                                 .mode = core::ModelMode::kForwardOnly,
-                                                 .lanes = 2 * zo_->config().samples}));
+    MT_RETURN_IF_ERROR(ctx.setup.model->Prepare(
+        {.B = B_, .T = T_, .mode = core::ModelMode::kForwardOnly, .lanes = zo_->local_lanes()}));
     inputs_.resize(static_cast<size_t>(B_) * T_);
     targets_.resize(inputs_.size());
     return absl::OkStatus();
@@ -46,9 +44,24 @@ class ZoStrategy : public LoopStrategy {
     MT_RETURN_IF_ERROR(zo_->set_lr(lr));
     const core::Batch batch{inputs_.data(), targets_.data(), B_, T_};
     // `step` counts from 0 here; the seed is that of the 1-based step being taken.
-    MT_ASSIGN_OR_RETURN(
-        optim::ZoStepResult z,
-        zo_->Step(ctx_->engine, batch, optim::ZoStepSeed(job_.optimizer().zo().seed(), step)));
+    const uint64_t seed = optim::ZoStepSeed(job_.optimizer().zo().seed(), step);
+    MT_ASSIGN_OR_RETURN(std::vector<double> losses, zo_->MeasureLanes(ctx_->engine, batch, seed));
+    const int64_t n = static_cast<int64_t>(losses.size());
+    // Each lane was run by one rank of the group (0 elsewhere): the sum is exact.
+    if (P_ > 1) {
+      MT_RETURN_IF_ERROR(
+          ctx_->grid.perturbation()
+              .AllReduce(losses.data(), n, core::DType::kF64, parallel::ReduceOp::kSum)
+              .Wait());
+    }
+    if (D_ > 1) {  // the mean over the data ranks' batches (equal token counts)
+      MT_RETURN_IF_ERROR(
+          ctx_->grid.data()
+              .AllReduce(losses.data(), n, core::DType::kF64, parallel::ReduceOp::kSum)
+              .Wait());
+      for (double& l : losses) l /= D_;
+    }
+    const optim::ZoStepResult z = zo_->Finish(seed, losses);
     StepResult r;
     r.loss = z.loss();
     double g = 0;
@@ -65,13 +78,13 @@ class ZoStrategy : public LoopStrategy {
     return r;
   }
 
-  int64_t tokens_per_step() const override { return static_cast<int64_t>(B_) * T_; }
+  int64_t tokens_per_step() const override { return static_cast<int64_t>(B_) * T_ * D_; }
 
  private:
   const Job& job_;
   LoopContext* ctx_ = nullptr;
   optim::ZoSgd* zo_ = nullptr;
-  int B_ = 0, T_ = 0;
+  int B_ = 0, T_ = 0, P_ = 1, D_ = 1;
   std::vector<int32_t> inputs_, targets_;
 };
 

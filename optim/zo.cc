@@ -68,8 +68,9 @@ absl::Status ZoPerturbation::Bind(core::ParamBlock& block, int slot, int lane,
   core::Backend& be = core::BackendFor(block.device());
   core::Tensor view = scratch_[slot].View(0, {n});
   // scratch = s*eps*z (one rounding), then + theta: the weights themselves are never written.
-  const float scale = (lane % 2 == 0) ? eps_ : -eps_;
-  be.FillNormal(ctx, view.f32(), n, seed_, ZoStream(block.id(), lane / 2), 0, 0.0f, scale);
+  const int global = first_ + lane * stride_;
+  const float scale = (global % 2 == 0) ? eps_ : -eps_;
+  be.FillNormal(ctx, view.f32(), n, seed_, ZoStream(block.id(), global / 2), 0, 0.0f, scale);
   be.Axpy(ctx, view.f32(), 1.0f, block.params().f32(), n);
   MT_RETURN_IF_ERROR(block.BindParams(view));
   bound_.push_back(&block);
@@ -118,43 +119,65 @@ ZoSgd::~ZoSgd() = default;
 
 absl::StatusOr<ZoStepResult> ZoSgd::Step(core::Engine& engine, const core::Batch& batch,
                                          uint64_t step_seed) {
-  MT_ASSIGN_OR_RETURN(ZoStepResult r, Measure(engine, batch, step_seed));
-  for (size_t i = 0; i < r.loss_plus.size(); ++i) {
-    if (!std::isfinite(r.loss_plus[i]) || !std::isfinite(r.loss_minus[i])) return r;
-  }
-  Optimizer::Step();
-  return r;
+  MT_ASSIGN_OR_RETURN(std::vector<double> losses, MeasureLanes(engine, batch, step_seed));
+  return Finish(step_seed, losses);
 }
 
-absl::StatusOr<ZoStepResult> ZoSgd::Measure(core::Engine& engine, const core::Batch& batch,
-                                            uint64_t step_seed) {
-  const int q = config_.samples;
+void ZoSgd::set_lanes(int first, int stride) {
+  first_lane_ = first;
+  lane_stride_ = std::max(1, stride);
+}
+
+int ZoSgd::local_lanes() const {
+  int n = 0;
+  for (int l = first_lane_; l < 2 * config_.samples; l += lane_stride_) ++n;
+  return n;
+}
+
+absl::StatusOr<std::vector<double>> ZoSgd::MeasureLanes(core::Engine& engine,
+                                                        const core::Batch& batch,
+                                                        uint64_t step_seed) {
+  const int q = config_.samples, local = local_lanes();
   const core::PrepareOptions& p = model_->prepared();
-  if (p.mode != core::ModelMode::kForwardOnly || p.lanes < 2 * q) {
+  if (local < 1) {
+    return absl::InvalidArgumentError(absl::StrFormat(
+        "ZoSgd: lane %d of stride %d leaves this rank no lane of the %d (2 per sample); use at "
+        "most 2 * samples perturbation ranks",
+        first_lane_, lane_stride_, 2 * q));
+  }
+  if (p.mode != core::ModelMode::kForwardOnly || p.lanes < local) {
     return absl::FailedPreconditionError(absl::StrFormat(
-        "ZoSgd::Step with %d sample(s) needs the model prepared kForwardOnly with %d lanes; it "
-        "was prepared %s with %d",
-        q, 2 * q, core::ModelModeName(p.mode), p.lanes));
+        "ZoSgd::Step runs %d lane(s) here and needs the model prepared kForwardOnly with that "
+        "many; it was prepared %s with %d",
+        local, core::ModelModeName(p.mode), p.lanes));
   }
   if (batch.targets == nullptr) {
     return absl::InvalidArgumentError("ZoSgd::Step needs a batch with targets (the loss)");
   }
-  perturb_->Set(step_seed, config_.eps);
+  perturb_->Set(step_seed, config_.eps, first_lane_, lane_stride_);
   engine.AddHooks(perturb_.get());
-  const std::vector<core::Batch> lanes(2 * q, batch);
+  const std::vector<core::Batch> lanes(local, batch);
   absl::Status ran = engine.ForwardLanes(lanes);
   engine.RemoveHooks(perturb_.get());
   MT_RETURN_IF_ERROR(ran);
+  std::vector<double> losses(2 * q, 0.0);
+  for (int k = 0; k < local; ++k) losses[first_lane_ + k * lane_stride_] = model_->Loss(k);
+  return losses;
+}
 
+ZoStepResult ZoSgd::Finish(uint64_t step_seed, const std::vector<double>& lane_losses) {
   ZoStepResult r;
-  for (int i = 0; i < q; ++i) {
-    const double lp = model_->Loss(2 * i), lm = model_->Loss(2 * i + 1);
+  bool finite = true;
+  for (int i = 0; i < config_.samples; ++i) {
+    const double lp = lane_losses[2 * i], lm = lane_losses[2 * i + 1];
     r.loss_plus.push_back(lp);
     r.loss_minus.push_back(lm);
     r.projected_grad.push_back((lp - lm) / (2.0 * static_cast<double>(config_.eps)));
+    finite = finite && std::isfinite(lp) && std::isfinite(lm);
   }
   seed_ = step_seed;
   g_ = r.projected_grad;
+  if (finite) Optimizer::Step();
   return r;
 }
 

@@ -56,9 +56,13 @@ class ZoPerturbation final : public core::StageHooks {
   // Scratch of the largest block (two: a stage's own block and the one it also reads).
   static absl::StatusOr<std::unique_ptr<ZoPerturbation>> Create(core::Model* model);
   core::HookRole role() const override { return core::HookRole::kMemory; }
-  void Set(uint64_t step_seed, float eps) {
+  // Local lane k is global lane first + k * stride (perturbation parallelism splits the 2q
+  // lanes over the ranks of a group); the sign and sample come from the global lane.
+  void Set(uint64_t step_seed, float eps, int first = 0, int stride = 1) {
     seed_ = step_seed;
     eps_ = eps;
+    first_ = first;
+    stride_ = stride;
   }
   absl::Status BeforeForward(const core::StageEvent& e) override;
   absl::Status AfterForward(const core::StageEvent& e) override;
@@ -72,6 +76,7 @@ class ZoPerturbation final : public core::StageHooks {
   std::vector<core::ParamBlock*> bound_;
   uint64_t seed_ = 0;
   float eps_ = 0.0f;
+  int first_ = 0, stride_ = 1;
 };
 
 struct ZoStepResult {
@@ -97,9 +102,15 @@ class ZoSgd final : public Optimizer {
   // must run the model.
   absl::StatusOr<ZoStepResult> Step(core::Engine& engine, const core::Batch& batch,
                                     uint64_t step_seed);
-  // The two halves of Step: the lanes and g (Measure), then Optimizer::Step() applies them.
-  absl::StatusOr<ZoStepResult> Measure(core::Engine& engine, const core::Batch& batch,
-                                       uint64_t step_seed);
+  // The two halves of Step, for runs over several ranks. MeasureLanes runs this rank's lanes
+  // (set_lanes) and returns the 2q lane losses, 0 for the lanes other ranks run: summed over the
+  // ranks of a perturbation group each lane's loss is exact (x + 0 = x). Finish takes the 2q
+  // losses (averaged over data ranks by the caller), computes g and updates (every rank alike).
+  void set_lanes(int first, int stride);
+  int local_lanes() const;  // lanes this rank runs: prepare the model with at least as many
+  absl::StatusOr<std::vector<double>> MeasureLanes(core::Engine& engine, const core::Batch& batch,
+                                                   uint64_t step_seed);
+  ZoStepResult Finish(uint64_t step_seed, const std::vector<double>& lane_losses);
   using Optimizer::Step;
   void StepBlock(int stage, float grad_scale) override;
   std::vector<std::pair<std::string, core::Tensor>> State(int stage) const override { return {}; }
@@ -113,8 +124,9 @@ class ZoSgd final : public Optimizer {
   ZoConfig config_;
   std::unique_ptr<ZoPerturbation> perturb_;
   core::Tensor z_;         // f32 noise of one block, regenerated per block and sample
-  uint64_t seed_ = 0;      // of the last Measure
+  uint64_t seed_ = 0;      // of the last Finish
   std::vector<double> g_;  // its projected gradients
+  int first_lane_ = 0, lane_stride_ = 1;
 };
 
 }  // namespace memtrain::optim

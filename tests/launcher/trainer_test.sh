@@ -116,7 +116,30 @@ zo)
     --set checkpoint.dir="$W/out/c"
   expect_bad "train.grad_accum" $TRAINER "$JOB" "${DATA[@]}" --set optimizer.zo.lr=1e-3 \
     --set checkpoint.dir="$W/out/c"
-  echo "zo: lr 0 leaves the weights bit-identical; 10 + 10 steps == 20, bit for bit"
+  # Perturbation parallelism: the 4 forward passes of a step (2 samples) on 2 ranks give the
+  # one-rank run bit for bit; data parallelism (2 ranks of batch B) matches one rank of batch 2B
+  # within 1e-6; 2 x 2 on 4 ranks likewise.
+  $MPIRUN -np 2 "$TRAINER" "$JOB" "${DATA[@]}" "${ZO[@]}" --quiet --set optimizer.zo.lr=1e-3 \
+    --set parallel.perturbation=2 --set checkpoint.dir="$W/zp" --set output.metrics="$W/zp.jsonl" \
+    || fail "zo perturbation=2"
+  diff <(losses "$W/za.jsonl") <(losses "$W/zp.jsonl") || fail "zo: perturbation=2 metrics differ"
+  cmp "$W/za/step_00000020/model.safetensors" "$W/zp/step_00000020/model.safetensors" \
+    || fail "zo: perturbation=2 weights differ from one rank"
+  $TRAINER "$JOB" "${DATA[@]}" "${ZO[@]}" --quiet --set optimizer.zo.lr=1e-3 \
+    --set train.batch_size=4 --set output.metrics="$W/z1.jsonl" || fail "zo batch 4"
+  for grid in "data=2" "data=2 perturbation=2"; do
+    n=2; SETS=(--set parallel.data=2)
+    [ "$grid" = "data=2 perturbation=2" ] && { n=4; SETS+=(--set parallel.perturbation=2); }
+    $MPIRUN -np $n "$TRAINER" "$JOB" "${DATA[@]}" "${ZO[@]}" --quiet --set optimizer.zo.lr=1e-3 \
+      "${SETS[@]}" --set output.metrics="$W/zd.jsonl" || fail "zo $grid"
+    paste <(losses "$W/zd.jsonl" | grep -o '"loss": [0-9.e+-]*' | cut -d' ' -f2) \
+          <(losses "$W/z1.jsonl" | grep -o '"loss": [0-9.e+-]*' | cut -d' ' -f2) |
+      awk -v g="$grid" '{ n++; d = $1 - $2; if (d < 0) d = -d; if (d > 1e-6 * $2) { print g " step " n ": " $1 " vs " $2; bad = 1 } }
+           END { if (n != 20 || bad) exit 1 }' || fail "zo $grid strays from one rank with batch 4"
+  done
+  expect_bad "needs optimizer.zo" $MPIRUN -np 2 "$TRAINER" "$JOB" "${DATA[@]}" \
+    --set parallel.perturbation=2 --set checkpoint.dir="$W/out/c"
+  echo "zo: lr 0 leaves the weights bit-identical; 10 + 10 steps == 20, bit for bit; perturbation=2 == 1 rank bit for bit; data=2 and 2x2 within 1e-6 of one rank with the doubled batch"
   ;;
 watchdog)
   $MPIRUN -np 2 "$TRAINER" "$JOB" "${DATA[@]}" --quiet --set parallel.data=2 --set train.steps=100000 \
