@@ -147,6 +147,10 @@ class Backend {
   // on every backend, rank and thread count.
   virtual void FillNormal(const ExecContext& ctx, float* x, int64_t n, uint64_t seed,
                           uint64_t stream, uint64_t offset, float mean, float std) = 0;
+  // y[i] = fmaf(scale, z, x[i]) with z those normals (y may be x): the zeroth-order perturbation
+  // and update, with no buffer for the noise.
+  virtual void AddNormal(const ExecContext& ctx, float* y, const float* x, int64_t n, uint64_t seed,
+                         uint64_t stream, uint64_t offset, float scale) = 0;
 };
 
 // The backend of `device`'s type; aborts with a clear message if none is registered (e.g. a

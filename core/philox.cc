@@ -1,5 +1,6 @@
 #include "core/philox.h"
 
+#include <algorithm>
 #include <cmath>
 
 namespace memtrain::core {
@@ -50,14 +51,86 @@ void FillUniform(absl::Span<float> out, uint64_t seed, uint64_t stream, uint64_t
   });
 }
 
+namespace {
+
+// The normals of counter blocks [first, first + kBatch) into z (4 per block, in element order),
+// with the lanes in separate arrays so that every loop vectorises: the same operations as
+// PhiloxBlockBits and PhiloxNormals (philox_math.h), so the same bits.
+constexpr int kBatch = 16;
+inline void NormalsBatch(uint64_t seed, uint64_t stream, uint64_t first, float* __restrict z) {
+  uint32_t c[4][kBatch];
+#pragma omp simd
+  for (int i = 0; i < kBatch; ++i) {
+    const uint64_t block = first + static_cast<uint64_t>(i);
+    c[0][i] = static_cast<uint32_t>(block);
+    c[1][i] = static_cast<uint32_t>(block >> 32);
+    c[2][i] = static_cast<uint32_t>(stream);
+    c[3][i] = static_cast<uint32_t>(stream >> 32);
+  }
+  uint32_t k0 = static_cast<uint32_t>(seed), k1 = static_cast<uint32_t>(seed >> 32);
+  for (int round = 0; round < 10; ++round) {
+#pragma omp simd
+    for (int i = 0; i < kBatch; ++i) {
+      const uint64_t p0 = static_cast<uint64_t>(kPhiloxM0) * c[0][i];
+      const uint64_t p1 = static_cast<uint64_t>(kPhiloxM1) * c[2][i];
+      const uint32_t c0 = static_cast<uint32_t>(p1 >> 32) ^ c[1][i] ^ k0;
+      const uint32_t c2 = static_cast<uint32_t>(p0 >> 32) ^ c[3][i] ^ k1;
+      c[0][i] = c0;
+      c[1][i] = static_cast<uint32_t>(p1);
+      c[2][i] = c2;
+      c[3][i] = static_cast<uint32_t>(p0);
+    }
+    k0 += kPhiloxW0;
+    k1 += kPhiloxW1;
+  }
+  for (int pair = 0; pair < 2; ++pair) {
+#pragma omp simd
+    for (int i = 0; i < kBatch; ++i) {
+      PhiloxBoxMuller(c[2 * pair][i], c[2 * pair + 1][i], &z[4 * i + 2 * pair],
+                      &z[4 * i + 2 * pair + 1]);
+    }
+  }
+}
+
+// Calls emit(i, z) with the standard normal z of element offset + i, for i in [0, n): batches of
+// whole counter blocks through NormalsBatch, in chunks over the OpenMP threads, the edges one
+// element at a time. The result does not depend on the thread count.
+template <typename Emit>
+void ForNormals(int64_t n, uint64_t seed, uint64_t stream, uint64_t offset, Emit emit) {
+  int64_t i = 0;
+  for (; i < n && (offset + i) % 4 != 0; ++i) emit(i, PhiloxNormal(seed, stream, offset + i));
+  const int64_t base = i, batches = (n - i) / (4 * kBatch);
+  const uint64_t first = (offset + static_cast<uint64_t>(i)) / 4;
+  constexpr int64_t kChunk = 64;  // batches per task
+#pragma omp parallel for schedule(static) if (batches > 2 * kChunk)
+  for (int64_t c = 0; c < batches; c += kChunk) {
+    alignas(64) float z[4 * kBatch];
+    for (int64_t b = c; b < std::min(c + kChunk, batches); ++b) {
+      NormalsBatch(seed, stream, first + static_cast<uint64_t>(b) * kBatch, z);
+      const int64_t at = base + b * 4 * kBatch;
+#pragma omp simd
+      for (int k = 0; k < 4 * kBatch; ++k) emit(at + k, z[k]);
+    }
+  }
+  for (i = base + batches * 4 * kBatch; i < n; ++i) {
+    emit(i, PhiloxNormal(seed, stream, offset + i));
+  }
+}
+
+}  // namespace
+
 void FillNormal(absl::Span<float> out, uint64_t seed, uint64_t stream, uint64_t offset, float mean,
                 float std) {
-  FillBlocks(out, seed, stream, offset, [mean, std](const PhiloxCounter& bits) {
-    std::array<float, 4> v = NormalsFromBlock(bits);
-    // An explicit fma, as cuda::FillNormal: contraction must not decide the rounding.
-    for (float& x : v) x = std::fmaf(std, x, mean);
-    return v;
-  });
+  float* y = out.data();
+  // An explicit fma, as cuda::FillNormal: contraction must not decide the rounding.
+  ForNormals(static_cast<int64_t>(out.size()), seed, stream, offset,
+             [=](int64_t i, float z) { y[i] = std::fmaf(std, z, mean); });
+}
+
+void AddNormal(float* y, const float* x, int64_t n, uint64_t seed, uint64_t stream, uint64_t offset,
+               float scale) {
+  ForNormals(n, seed, stream, offset,
+             [=](int64_t i, float z) { y[i] = std::fmaf(scale, z, x[i]); });
 }
 
 }  // namespace memtrain::core

@@ -48,6 +48,10 @@ void FillUniform(absl::Span<float> out, uint64_t seed, uint64_t stream, uint64_t
                  float lo = 0.0f, float hi = 1.0f);
 void FillNormal(absl::Span<float> out, uint64_t seed, uint64_t stream, uint64_t offset,
                 float mean = 0.0f, float std = 1.0f);
+// y[i] = x[i] + scale * z (one rounding: fmaf) with z element offset + i of the stream's normals;
+// y may be x. Bit for bit cuda::AddNormal. Zeroth-order steps perturb and update with it.
+void AddNormal(float* y, const float* x, int64_t n, uint64_t seed, uint64_t stream, uint64_t offset,
+               float scale);
 
 }  // namespace memtrain::core
 

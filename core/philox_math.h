@@ -127,39 +127,29 @@ MT_HOST_DEVICE inline void PhiloxCosSin2Pi(uint32_t j, double* cos_out, double* 
   pc = fma(pc, z, 1.0 / 24.0);
   pc = fma(pc, z, -1.0 / 2.0);
   const double cs = fma(z, pc, 1.0);
-  switch (k & 3u) {  // rotate by k quarter turns
-    case 0:
-      *cos_out = cs;
-      *sin_out = sn;
-      break;
-    case 1:
-      *cos_out = -sn;
-      *sin_out = cs;
-      break;
-    case 2:
-      *cos_out = -cs;
-      *sin_out = -sn;
-      break;
-    default:
-      *cos_out = sn;
-      *sin_out = -cs;
-      break;
-  }
+  // Rotate by k quarter turns (selects, not a switch, so that a CPU loop over lanes vectorises).
+  const uint32_t q = k & 3u;
+  *cos_out = q == 0 ? cs : q == 1 ? -sn : q == 2 ? -cs : sn;
+  *sin_out = q == 0 ? sn : q == 1 ? cs : q == 2 ? -sn : -cs;
+}
+
+// One Box-Muller pair from two raw words: u1 = ((wa >> 8) + 1) / 2^24 in (0, 1], so log(u1) is
+// finite; the angle is 2 pi (wb >> 8) / 2^24.
+MT_HOST_DEVICE inline void PhiloxBoxMuller(uint32_t wa, uint32_t wb, float* za, float* zb) {
+  // Exact: an integer in [1, 2^24] times a power of two.
+  const float u1 = static_cast<float>((wa >> 8) + 1u) * 0x1.0p-24f;
+  const double r = sqrt(-2.0 * PhiloxLog(u1));
+  double c, s;
+  PhiloxCosSin2Pi(wb >> 8, &c, &s);
+  *za = static_cast<float>(r * c);
+  *zb = static_cast<float>(r * s);
 }
 
 // Standard normals for the four lanes of one counter block: two Box-Muller pairs, lanes (0, 1)
-// from words (0, 1) and lanes (2, 3) from words (2, 3). u1 = ((w >> 8) + 1) / 2^24 in (0, 1], so
-// log(u1) is finite; the angle is 2 pi (w >> 8) / 2^24.
+// from words (0, 1) and lanes (2, 3) from words (2, 3).
 MT_HOST_DEVICE inline void PhiloxNormals(const uint32_t bits[4], float z[4]) {
-  for (int pair = 0; pair < 2; ++pair) {
-    // Exact: an integer in [1, 2^24] times a power of two.
-    const float u1 = static_cast<float>((bits[2 * pair] >> 8) + 1u) * 0x1.0p-24f;
-    const double r = sqrt(-2.0 * PhiloxLog(u1));
-    double c, s;
-    PhiloxCosSin2Pi(bits[2 * pair + 1] >> 8, &c, &s);
-    z[2 * pair] = static_cast<float>(r * c);
-    z[2 * pair + 1] = static_cast<float>(r * s);
-  }
+  PhiloxBoxMuller(bits[0], bits[1], &z[0], &z[1]);
+  PhiloxBoxMuller(bits[2], bits[3], &z[2], &z[3]);
 }
 
 }  // namespace memtrain::core

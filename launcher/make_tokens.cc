@@ -3,6 +3,8 @@
 //
 //   make_tokens corpus.txt data/kjv [--val_fraction 0.1] [--bpe 1024]
 //     -> data/kjv_train.bin, data/kjv_val.bin (and data/kjv_vocab.json with --bpe)
+//   make_tokens fortunes.txt data/fortunes --vocab data/kjv_vocab.json
+//     -> a second corpus in an existing vocabulary (to fine-tune a model trained with it)
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
@@ -27,6 +29,7 @@ int main(int argc, char** argv) {
   std::vector<std::string> pos;
   double val_fraction = 0.1;
   int bpe_vocab = 0;
+  std::string vocab_path;
   for (int i = 1; i < argc; ++i) {
     const std::string a = argv[i];
     if (a == "--val_fraction" && i + 1 < argc) {
@@ -37,12 +40,19 @@ int main(int argc, char** argv) {
       if (!absl::SimpleAtoi(argv[++i], &bpe_vocab) || bpe_vocab < 256 || bpe_vocab > 65536) {
         return Fail("--bpe takes a vocabulary size in [256, 65536]");
       }
+    } else if (a == "--vocab" && i + 1 < argc) {
+      vocab_path = argv[++i];
     } else {
       pos.push_back(a);
     }
   }
   if (pos.size() != 2) {
-    return Fail("usage: make_tokens input.txt out_prefix [--val_fraction F] [--bpe VOCAB_SIZE]");
+    return Fail(
+        "usage: make_tokens input.txt out_prefix [--val_fraction F] "
+        "[--bpe VOCAB_SIZE | --vocab existing_vocab.json]");
+  }
+  if (bpe_vocab > 0 && !vocab_path.empty()) {
+    return Fail("--bpe learns a new vocabulary and --vocab uses an existing one: give one of them");
   }
   std::ifstream in(pos[0], std::ios::binary);
   if (!in) return Fail("cannot read " + pos[0]);
@@ -55,7 +65,15 @@ int main(int argc, char** argv) {
   if (!parent.empty()) std::filesystem::create_directories(parent, ec);
 
   std::vector<uint16_t> train_ids, val_ids;
-  if (bpe_vocab > 0) {
+  if (!vocab_path.empty()) {
+    absl::StatusOr<memtrain::core::Bpe> bpe = memtrain::core::Bpe::Load(vocab_path);
+    if (!bpe.ok()) return Fail(bpe.status().ToString());
+    train_ids = bpe->Encode(train);
+    val_ids = bpe->Encode(val);
+    std::printf("encoded with %s (%d tokens); %.2f bytes per token\n", vocab_path.c_str(),
+                bpe->vocab_size(),
+                static_cast<double>(train.size()) / std::max<size_t>(1, train_ids.size()));
+  } else if (bpe_vocab > 0) {
     absl::StatusOr<memtrain::core::Bpe> bpe = memtrain::core::Bpe::Train(train, bpe_vocab);
     if (!bpe.ok()) return Fail(bpe.status().ToString());
     if (absl::Status s = bpe->Save(prefix + "_vocab.json"); !s.ok()) return Fail(s.ToString());

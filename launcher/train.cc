@@ -15,6 +15,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "checkpoint/checkpoint.h"
+#include "core/allocator.h"
 #include "core/evaluate.h"
 #include "core/threads.h"
 #include "launcher/agree.h"
@@ -135,8 +136,16 @@ absl::Status RunTraining(const Job& job, const TrainOptions& options,
     return sum / D;
   };
 
-  const auto t_start = Clock::now();
   const int64_t first_step = s.state.step;
+  if (s.val && t.eval_at_start() && first_step < last_step) {
+    MT_ASSIGN_OR_RETURN(double val, evaluate());
+    if (rank == 0) {
+      report.Json(absl::StrFormat(R"({"step": %d, "val_loss": %s})", first_step, JsonNumber(val)));
+      report.Line(absl::StrFormat("step %d/%d | val_loss %.4f (before the first step)", first_step,
+                                  t.steps(), val));
+    }
+  }
+  const auto t_start = Clock::now();
   int64_t skipped = 0, skipped_in_a_row = 0;
   for (int64_t step = first_step; step < last_step; ++step) {
     const auto t0 = Clock::now();
@@ -163,10 +172,13 @@ absl::Status RunTraining(const Job& job, const TrainOptions& options,
 
     if (rank == 0) {
       if (log || bad) {  // a non-finite step is always logged
+        // The most tensor memory the run has held on its device so far (the allocator's count).
+        const double peak_mib = core::GetMemoryStats(s.model->block(0).device()).peak / 1048576.0;
         report.Json(absl::StrFormat(
-            R"({"step": %d, "loss": %s, "lr": %s, "tokens_per_sec": %s, "step_ms": %.3f%s%s})",
+            R"({"step": %d, "loss": %s, "lr": %s, "tokens_per_sec": %s, "step_ms": %.3f, )"
+            R"("peak_mib": %.2f%s%s})",
             step + 1, JsonNumber(result.loss), JsonNumber(lr),
-            JsonNumber(tokens_per_step / dt, "%.1f"), 1e3 * dt, result.json_fields,
+            JsonNumber(tokens_per_step / dt, "%.1f"), 1e3 * dt, peak_mib, result.json_fields,
             bad ? R"(, "skipped": true)" : ""));
       }
       report.Progress(absl::StrFormat("step %d/%d | loss %.4f | lr %.2e | %.0f tok/s | "

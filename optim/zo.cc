@@ -1,6 +1,7 @@
 #include "optim/zo.h"
 
 #include <algorithm>
+#include <array>
 #include <cmath>
 
 #include "absl/strings/str_cat.h"
@@ -13,10 +14,18 @@ namespace {
 
 constexpr uint64_t kStepSeedStream = 0x5a4f5a4f;  // "ZOZO": the stream of the step seeds
 
-int64_t LargestBlock(core::Model* model) {
-  int64_t n = 1;
-  for (int s = 0; s < model->num_stages(); ++s) n = std::max(n, model->block(s).numel());
-  return n;
+// The scratch a stage's binding needs: slot 0 the larger of its own block and the block it also
+// reads, slot 1 the smaller; sized to the largest need of any stage (for GPT-2: the embedding in
+// slot 0, at the embedding stage and again at the head, and the head's own small block in slot 1).
+std::array<int64_t, 2> ScratchSizes(core::Model* model) {
+  std::array<int64_t, 2> size{1, 1};
+  for (int s = 0; s < model->num_stages(); ++s) {
+    int64_t own = model->block(s).numel(), other = 0;
+    for (int b : model->extra_blocks(s)) other = std::max(other, model->block(b).numel());
+    size[0] = std::max(size[0], std::max(own, other));
+    size[1] = std::max(size[1], std::min(own, other));
+  }
+  return size;
 }
 
 }  // namespace
@@ -53,10 +62,11 @@ uint64_t ZoStepSeed(uint64_t seed, int64_t step) {
 absl::StatusOr<std::unique_ptr<ZoPerturbation>> ZoPerturbation::Create(core::Model* model) {
   if (model == nullptr) return absl::InvalidArgumentError("ZoPerturbation: the model is null");
   std::unique_ptr<ZoPerturbation> p(new ZoPerturbation(model));
-  const int64_t n = LargestBlock(model);
-  for (core::Tensor& t : p->scratch_) {
-    MT_ASSIGN_OR_RETURN(t, core::Tensor::Empty({n}, core::DType::kF32, core::MemoryTag::kScratch,
-                                               model->block(0).device()));
+  const std::array<int64_t, 2> size = ScratchSizes(model);
+  for (int k = 0; k < 2; ++k) {
+    MT_ASSIGN_OR_RETURN(p->scratch_[k],
+                        core::Tensor::Empty({size[k]}, core::DType::kF32, core::MemoryTag::kScratch,
+                                            model->block(0).device()));
   }
   return p;
 }
@@ -67,11 +77,12 @@ absl::Status ZoPerturbation::Bind(core::ParamBlock& block, int slot, int lane,
   if (n == 0) return absl::OkStatus();
   core::Backend& be = core::BackendFor(block.device());
   core::Tensor view = scratch_[slot].View(0, {n});
-  // scratch = s*eps*z (one rounding), then + theta: the weights themselves are never written.
+  // scratch = theta + s*eps*z in one rounding (fmaf), the noise drawn on the fly: the weights
+  // themselves are never written.
   const int global = first_ + lane * stride_;
   const float scale = (global % 2 == 0) ? eps_ : -eps_;
-  be.FillNormal(ctx, view.f32(), n, seed_, ZoStream(block.id(), global / 2), 0, 0.0f, scale);
-  be.Axpy(ctx, view.f32(), 1.0f, block.params().f32(), n);
+  be.AddNormal(ctx, view.f32(), block.params().f32(), n, seed_, ZoStream(block.id(), global / 2), 0,
+               scale);
   MT_RETURN_IF_ERROR(block.BindParams(view));
   bound_.push_back(&block);
   return absl::OkStatus();
@@ -84,8 +95,12 @@ absl::Status ZoPerturbation::BeforeForward(const core::StageEvent& e) {
         absl::StrFormat("ZoPerturbation: stage %d reads %d other blocks; one is supported", e.stage,
                         e.extra.size()));
   }
-  MT_RETURN_IF_ERROR(Bind(*e.block, 0, e.lane, *e.ctx));
-  for (int b : e.extra) MT_RETURN_IF_ERROR(Bind(model_->block(b), 1, e.lane, *e.ctx));
+  // The larger block takes slot 0 (see ScratchSizes).
+  core::ParamBlock* own = e.block;
+  core::ParamBlock* other = e.extra.empty() ? nullptr : &model_->block(e.extra[0]);
+  if (other != nullptr && other->numel() > own->numel()) std::swap(own, other);
+  MT_RETURN_IF_ERROR(Bind(*own, 0, e.lane, *e.ctx));
+  if (other != nullptr) MT_RETURN_IF_ERROR(Bind(*other, 1, e.lane, *e.ctx));
   return absl::OkStatus();
 }
 
@@ -109,9 +124,6 @@ absl::StatusOr<std::unique_ptr<ZoSgd>> ZoSgd::Create(core::Model* model, ZoConfi
   MT_RETURN_IF_ERROR(config.Validate());
   std::unique_ptr<ZoSgd> zo(new ZoSgd(model, config, std::move(decay)));
   MT_ASSIGN_OR_RETURN(zo->perturb_, ZoPerturbation::Create(model));
-  MT_ASSIGN_OR_RETURN(zo->z_,
-                      core::Tensor::Empty({LargestBlock(model)}, core::DType::kF32,
-                                          core::MemoryTag::kScratch, model->block(0).device()));
   return zo;
 }
 
@@ -195,13 +207,13 @@ void ZoSgd::StepBlock(int stage, float) {
       if (decay) be.Axpy(ctx_, theta + off, a, theta + off, count);
     });
   }
-  // theta -= lr / q * sum_i c_i z_i, c_i = g_i or sign(g_i); z regenerated per sample.
+  // theta -= lr / q * sum_i c_i z_i, c_i = g_i or sign(g_i); z regenerated per sample, on the fly.
   const int q = static_cast<int>(g_.size());
   for (int i = 0; i < q; ++i) {
     const double c = config_.sign ? static_cast<double>((g_[i] > 0) - (g_[i] < 0)) : g_[i];
     if (c == 0.0) continue;
-    be.FillNormal(ctx_, z_.f32(), n, seed_, ZoStream(b.id(), i), 0, 0.0f, 1.0f);
-    be.Axpy(ctx_, theta, static_cast<float>(-lr * c / q), z_.f32(), n);
+    be.AddNormal(ctx_, theta, theta, n, seed_, ZoStream(b.id(), i), 0,
+                 static_cast<float>(-lr * c / q));
   }
   if (b.has_mask()) b.ApplyMask();
 }

@@ -72,7 +72,7 @@ class ZoPerturbation final : public core::StageHooks {
   absl::Status Bind(core::ParamBlock& block, int slot, int lane, const core::ExecContext& ctx);
 
   core::Model* model_;
-  core::Tensor scratch_[2];  // f32, the largest block's size
+  core::Tensor scratch_[2];  // f32: slot 0 the largest block, slot 1 the largest second one
   std::vector<core::ParamBlock*> bound_;
   uint64_t seed_ = 0;
   float eps_ = 0.0f;
@@ -123,7 +123,6 @@ class ZoSgd final : public Optimizer {
 
   ZoConfig config_;
   std::unique_ptr<ZoPerturbation> perturb_;
-  core::Tensor z_;         // f32 noise of one block, regenerated per block and sample
   uint64_t seed_ = 0;      // of the last Finish
   std::vector<double> g_;  // its projected gradients
   int first_lane_ = 0, lane_stride_ = 1;

@@ -71,6 +71,13 @@ int64_t NumResid(ModelMode mode, int64_t L, int lanes) {
   return IsTrainingMode(mode) ? L + 1 : 2 * static_cast<int64_t>(lanes);
 }
 int64_t NumBlockActs(ModelMode mode, int64_t L) { return mode == ModelMode::kTrain ? L : 1; }
+// Rows of the logits buffer: every position, but in a forward-only plan (only losses are kept)
+// chunks of about 8M floats, so the vocabulary does not set the memory of a zeroth-order step.
+template <typename I>
+I LogitRows(ModelMode mode, I N, I Vp) {
+  if (mode != ModelMode::kForwardOnly) return N;
+  return std::min(N, std::max(I(1), I(1 << 23) / Vp));
+}
 
 }  // namespace
 
@@ -136,8 +143,8 @@ absl::StatusOr<GPT2::MemoryEstimate> GPT2::EstimateMemory(GPT2Config config,
   // Prepare, buffer by buffer as it allocates them.
   I acts = NumResid(o.mode, config.n_layer, lanes) * N * C;                         // resid_
   acts += NumBlockActs(o.mode, config.n_layer) * PerBlockActivations(B, T, C, NH);  // acts_
-  acts += N * C + N + N + N * Vp + N;  // lnf_, lnf_mean_, lnf_rstd_, logits_, lse_
-  acts += lanes * N;                   // losses_
+  acts += N * C + N + N + LogitRows(o.mode, N, Vp) * Vp + N;  // lnf_ and stats, logits_, lse_
+  acts += lanes * N;                                          // losses_
   at(MemoryTag::kActivations) = acts * f;
   if (device.type != DeviceType::kCpu) {  // dev_inputs_, dev_targets_
     at(MemoryTag::kActivations) += lanes * 2 * N * static_cast<I>(sizeof(int32_t));
@@ -265,7 +272,7 @@ absl::Status GPT2::Prepare(const PrepareOptions& o) {
   MT_ASSIGN_OR_RETURN(lnf_, act({B, T, C}));
   MT_ASSIGN_OR_RETURN(lnf_mean_, act({B, T}));
   MT_ASSIGN_OR_RETURN(lnf_rstd_, act({B, T}));
-  MT_ASSIGN_OR_RETURN(logits_, act({B, T, Vp}));
+  MT_ASSIGN_OR_RETURN(logits_, act({LogitRows<int64_t>(o.mode, N, Vp), Vp}));
   MT_ASSIGN_OR_RETURN(lse_, act({B, T}));
   for (int k = 0; k < lanes; ++k) {
     MT_ASSIGN_OR_RETURN(Tensor l, act({B, T}));
@@ -459,12 +466,19 @@ void GPT2::HeadForward(const Batch& batch, int lane, const ExecContext& ctx) {
   const float* x = Resid(config_.n_layer, lane);
   be_->LayerNormForward(ctx, lnf_.f32(), lnf_mean_.f32(), lnf_rstd_.f32(), x, h.param("lnfw").f32(),
                         h.param("lnfb").f32(), N, C);
-  be_->MatmulForward(ctx, logits_.f32(), nullptr, lnf_.f32(), blocks_[0].param("wte").f32(),
-                     nullptr, N, C, config_.padded_vocab_size);
+  const int64_t Vp = config_.padded_vocab_size;
   valid_targets_[lane] = 0;
+  // The logits of a forward-only pass go row chunk by row chunk (only the losses are kept).
+  const int64_t rows = logits_.shape()[0];
+  for (int64_t r = 0; r < N; r += rows) {
+    const int64_t n = std::min(rows, N - r);
+    be_->MatmulForward(ctx, logits_.f32(), nullptr, lnf_.f32() + r * C,
+                       blocks_[0].param("wte").f32(), nullptr, n, C, Vp);
+    if (batch.targets == nullptr) continue;
+    be_->CrossEntropyForward(ctx, losses_[lane].f32() + r, lse_.f32() + r, logits_.f32(),
+                             Targets(batch, lane) + r, n, config_.vocab_size, Vp);
+  }
   if (batch.targets == nullptr) return;
-  be_->CrossEntropyForward(ctx, losses_[lane].f32(), lse_.f32(), logits_.f32(),
-                           Targets(batch, lane), N, config_.vocab_size, config_.padded_vocab_size);
   // The targets live on the host: counting them needs no device read.
   int valid = 0;
   for (int64_t i = 0; i < N; ++i) valid += batch.targets[i] >= 0;

@@ -87,7 +87,8 @@ class GPT2 : public Model {
                              const ExecContext& ctx) override;
   double Loss(int lane = 0) const override;
 
-  // (B, T, Vp) logits of the last forward; overwritten by their gradient during Backward.
+  // (B*T, Vp) logits of the last forward; overwritten by their gradient during Backward. A
+  // forward-only plan keeps only the last row chunk (its losses are what it is for).
   const Tensor& logits() const { return logits_; }
   // (B, T) per-position losses of the last forward of `lane` (0 where no target).
   const Tensor& losses(int lane = 0) const { return losses_[lane]; }

@@ -165,5 +165,28 @@ TEST(PhiloxTest, PureFunctionOfSeedStreamIndex) {
   EXPECT_NE(PhiloxNormal(5, 9, 0), PhiloxNormal(6, 9, 0));
 }
 
+TEST(PhiloxTest, VectorisedFillAndAddMatchTheElementwiseFunction) {
+  // Long enough for the threaded, vectorised body; every offset and length mod 4 for the edges.
+  const int saved = GetThreads();
+  SetThreads(std::max(2, saved));
+  for (int64_t n : {0L, 1L, 3L, 7L, 40001L}) {
+    for (uint64_t offset : {0u, 1u, 2u, 3u, 1u << 20}) {
+      std::vector<float> z(n), x(n), y(n);
+      for (int64_t i = 0; i < n; ++i) x[i] = 0.001f * static_cast<float>(i % 997) - 0.4f;
+      FillNormal(absl::MakeSpan(z), 11, 4, offset, 0.5f, 0.02f);
+      AddNormal(y.data(), x.data(), n, 11, 4, offset, -1e-3f);
+      std::vector<float> inplace = x;
+      AddNormal(inplace.data(), inplace.data(), n, 11, 4, offset, -1e-3f);
+      for (int64_t i = 0; i < n; ++i) {
+        const float want = PhiloxNormal(11, 4, offset + i);
+        ASSERT_EQ(z[i], std::fmaf(0.02f, want, 0.5f)) << "n " << n << " offset " << offset;
+        ASSERT_EQ(y[i], std::fmaf(-1e-3f, want, x[i])) << "n " << n << " offset " << offset;
+        ASSERT_EQ(inplace[i], y[i]);
+      }
+    }
+  }
+  SetThreads(saved);
+}
+
 }  // namespace
 }  // namespace memtrain::core

@@ -40,7 +40,7 @@ now_ms() { echo $(($(date +%s%N) / 1000000)); }
 DATA=(--set data.train_tokens="$W/doc_train.bin" --set data.val_tokens="$W/doc_val.bin")
 # Metrics lines without the timing fields, which differ between runs (as in trainer_test.sh).
 losses() {
-  grep -v '"event"' "$1" | sed -E 's/, "tokens_per_sec": [0-9.]+, "step_ms": [0-9.]+, "comm_wait_ms": [0-9.]+//'
+  grep -v '"event"' "$1" | sed -E 's/, "tokens_per_sec": [0-9.]+, "step_ms": [0-9.]+, "peak_mib": [0-9.]+, "comm_wait_ms": [0-9.]+//'
 }
 # The same, only the lines of steps after $2.
 losses_after() {

@@ -77,7 +77,7 @@ DATA=(--set data.train_tokens="$W/doc_train.bin" --set data.val_tokens="$W/doc_v
 # Metrics lines without the timing fields, which differ between runs.
 losses() {
   grep -v '"event"' "$1" |
-    sed -E 's/, "tokens_per_sec": [0-9.]+, "step_ms": [0-9.]+(, "comm_wait_ms": [0-9.]+)?//'
+    sed -E 's/, "tokens_per_sec": [0-9.]+, "step_ms": [0-9.]+, "peak_mib": [0-9.]+(, "comm_wait_ms": [0-9.]+)?//'
 }
 
 # Runs a command that must fail with exit 2, print `message` and write nothing under $W/out.
@@ -327,12 +327,26 @@ tools)
   $TRAINER export "$W/t" "$W/t.bin" --force >/dev/null || fail "export --force"
   $TRAINER "$JOB" "${DATA[@]}" --quiet --set model.init_from="$W/t.bin" --set train.steps=2 \
     || fail "init_from an exported llm.c file"
+  # eval_at_start: starting from the short run's weights, the first validation is the one that
+  # run ended with (the same weights, the same validation batches).
+  $TRAINER "$JOB" "${DATA[@]}" --quiet --set model.init_from="$W/t/step_00000005" --set train.steps=1 \
+    --set train.eval_at_start=true --set output.metrics="$W/e.jsonl" || fail "eval_at_start"
+  end=$(grep '"step": 5, "val_loss"' "$W/t.jsonl" | grep -o '"val_loss": [-0-9.e+]*')
+  start=$(grep '"step": 0, "val_loss"' "$W/e.jsonl" | grep -o '"val_loss": [-0-9.e+]*')
+  [ -n "$end" ] && [ "$start" = "$end" ] || fail "eval_at_start: '$start' against the end of the run it starts from: '$end'"
   if command -v gnuplot >/dev/null; then
     "$SRC/scripts/plot_metrics.sh" "$W/t.jsonl" "$W/t.png" >/dev/null || fail "plot"
     [ -s "$W/t.png" ] || fail "plot wrote no PNG"
   fi
   # BPE data: tokens from a learned vocabulary, a model with that vocab_size, decoded samples.
   "$BUILD/make_tokens" "$SRC/tests/data/sample.txt" "$W/bpe" --bpe 320 >/dev/null || fail "bpe"
+  # The same text in the saved vocabulary (--vocab): the same token files.
+  "$BUILD/make_tokens" "$SRC/tests/data/sample.txt" "$W/again" --vocab "$W/bpe_vocab.json" \
+    >/dev/null || fail "make_tokens --vocab"
+  cmp -s "$W/bpe_train.bin" "$W/again_train.bin" && cmp -s "$W/bpe_val.bin" "$W/again_val.bin" \
+    || fail "--vocab encodes differently from the run that learned the vocabulary"
+  out=$("$BUILD/make_tokens" "$SRC/tests/data/sample.txt" "$W/x" --vocab "$W/nothing.json" 2>&1)
+  [ $? = 2 ] && echo "$out" | grep -q "nothing.json" || fail "--vocab of a missing file: $out"
   $TRAINER "$JOB" --quiet --set data.train_tokens="$W/bpe_train.bin" \
     --set data.val_tokens="$W/bpe_val.bin" --set model.gpt.vocab_size=320 --set train.steps=3 \
     --set checkpoint.dir="$W/bpeck" || fail "training on BPE tokens"

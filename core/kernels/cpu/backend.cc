@@ -125,6 +125,10 @@ class CpuBackend final : public Backend {
                   uint64_t offset, float mean, float std) override {
     core::FillNormal(absl::MakeSpan(x, n), seed, stream, offset, mean, std);
   }
+  void AddNormal(const ExecContext&, float* y, const float* x, int64_t n, uint64_t seed,
+                 uint64_t stream, uint64_t offset, float scale) override {
+    core::AddNormal(y, x, n, seed, stream, offset, scale);
+  }
 };
 
 CpuBackend cpu_backend;

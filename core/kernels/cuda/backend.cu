@@ -385,6 +385,10 @@ class CudaBackend final : public Backend {
                   uint64_t offset, float mean, float std) override {
     if (n > 0) cuda::FillNormal(StreamOf(ctx), x, n, seed, stream, offset, mean, std);
   }
+  void AddNormal(const ExecContext& ctx, float* y, const float* x, int64_t n, uint64_t seed,
+                 uint64_t stream, uint64_t offset, float scale) override {
+    if (n > 0) cuda::AddNormal(StreamOf(ctx), y, x, n, seed, stream, offset, scale);
+  }
 
  private:
   static constexpr size_t kWorkspaceBytes = 32u << 20;  // cuBLASLt's split-K and Hopper kernels

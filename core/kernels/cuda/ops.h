@@ -86,6 +86,9 @@ void ApplyMask(cudaStream_t s, float* x, const uint8_t* mask, int64_t n);
 // Bit-identical to core::FillNormal on the CPU (both use core/philox_math.h).
 void FillNormal(cudaStream_t s, float* x, int64_t n, uint64_t seed, uint64_t stream,
                 uint64_t offset, float mean, float std);
+// y[i] = fmaf(scale, z, x[i]), bit-identical to core::AddNormal; y may be x.
+void AddNormal(cudaStream_t s, float* y, const float* x, int64_t n, uint64_t seed, uint64_t stream,
+               uint64_t offset, float scale);
 
 }  // namespace memtrain::core::cuda
 
