@@ -469,16 +469,28 @@ absl::StatusOr<MemoryNeed> EstimateJobMemory(const Job& job, const core::GPT2Con
   const Train& t = job.train();
   const core::Device device = t.device() == "cuda" ? core::Device::Cuda(0) : core::Device::Cpu();
   MemoryNeed need;
-  MT_ASSIGN_OR_RETURN(need.by_tag, core::GPT2::EstimateMemory(
-                                       config,
-                                       {.B = t.batch_size(),
-                                        .T = t.seq_len(),
-                                        .mode = t.recompute() ? core::ModelMode::kTrainRecompute
-                                                              : core::ModelMode::kTrain},
-                                       device));
+  const bool zo = job.optimizer().has_zo();
+  // A zeroth-order rank runs its share of the 2q lanes forward-only (rank 0 has the most).
+  const int P = std::max(1, job.parallel().perturbation());
+  const int lanes = zo ? (2 * job.optimizer().zo().samples() + P - 1) / P : 1;
+  const core::ModelMode mode = zo              ? core::ModelMode::kForwardOnly
+                               : t.recompute() ? core::ModelMode::kTrainRecompute
+                                               : core::ModelMode::kTrain;
+  MT_ASSIGN_OR_RETURN(
+      need.by_tag,
+      core::GPT2::EstimateMemory(
+          config, {.B = t.batch_size(), .T = t.seq_len(), .mode = mode, .lanes = lanes}, device));
   const int64_t params =
       need.by_tag[core::MemoryTag::kParams] / static_cast<int64_t>(sizeof(float));
   need.by_tag[core::MemoryTag::kOptimizer] = OptimizerStateBytes(job.optimizer(), params);
+  if (zo) {  // optim::ZoPerturbation's two slots: the largest block, and the head's own block
+    const int64_t C = config.n_embd;
+    const int64_t embedding =
+        (static_cast<int64_t>(config.padded_vocab_size) + config.max_seq_len) * C;
+    const int64_t layer = 12 * C * C + 13 * C;
+    need.by_tag[core::MemoryTag::kScratch] +=
+        (std::max(embedding, layer) + 2 * C) * static_cast<int64_t>(sizeof(float));
+  }
   // A token file is read whole: its tokens are its bytes past the 1 KiB header.
   for (const std::string& f : {job.data().train_tokens(), job.data().val_tokens()}) {
     need.data_bytes += std::max<int64_t>(0, FileBytes(f) - 1024);

@@ -217,6 +217,37 @@ TEST_F(TrainLoopTest, TheMemoryEstimateIsExactPerTag) {
       }
     }
   }
+  // A zeroth-order job: the forward-only plan with the rank's lanes and the perturbation's scratch.
+  for (int perturbation : {1, 2, 4}) {
+    SCOPED_TRACE(absl::StrCat("zo, perturbation ", perturbation));
+    Job job = job_;
+    job.mutable_train()->set_batch_size(3);
+    job.mutable_train()->set_seq_len(8);
+    job.mutable_train()->set_grad_accum(1);
+    job.clear_optimizer();
+    job.mutable_optimizer()->mutable_zo()->set_samples(2);
+    job.mutable_parallel()->set_perturbation(perturbation);
+    FillDefaults(&job);
+    absl::StatusOr<std::optional<core::GPT2Config>> config = JobModelConfig(job, false);
+    ASSERT_TRUE(config.ok() && config->has_value()) << config.status();
+    absl::StatusOr<MemoryNeed> need = EstimateJobMemory(job, **config);
+    ASSERT_TRUE(need.ok()) << need.status();
+    const core::MemoryStats before = core::GetMemoryStats(core::Device::Cpu());
+    launcher::Setup s;
+    ASSERT_TRUE(BuildSetup(job, {}, 0, 1, core::ModelMode::kForwardOnly, &s).ok());
+    // As the zo strategy's Start: rank 0 of the perturbation group runs lanes 0, P, ... of 4.
+    ASSERT_TRUE(s.model
+                    ->Prepare({.B = 3,
+                               .T = 8,
+                               .mode = core::ModelMode::kForwardOnly,
+                               .lanes = (4 + perturbation - 1) / perturbation})
+                    .ok());
+    const core::MemoryStats after = core::GetMemoryStats(core::Device::Cpu());
+    for (int t = 0; t < core::kNumMemoryTags; ++t) {
+      EXPECT_EQ(after.current_by_tag[t] - before.current_by_tag[t], need->by_tag.bytes[t])
+          << core::MemoryTagName(static_cast<core::MemoryTag>(t));
+    }
+  }
   // The forward-only plans of core::GPT2::EstimateMemory too (no gradients, no scratch).
   core::GPT2Config c{.max_seq_len = 32, .vocab_size = 64, .n_layer = 3, .n_head = 2, .n_embd = 16};
   for (core::PrepareOptions o :

@@ -205,7 +205,19 @@ gpu)
     awk '{ n++; d = $1 - $2; if (d < 0) d = -d; r = d / $2; if (r > worst) worst = r; last = $1; first = first ? first : $1 }
          END { printf "gpu: bf16 loss %.4f -> %.4f, largest relative difference to fp32 CPU %.3g\n", first, last, worst
                if (n != 20 || worst > 0.02) exit 1 }' || fail "BF16 run strays from fp32"
-  echo "gpu: CPU == GPU within 1e-5, GPU resume bit-identical, GPU checkpoint resumes on the CPU, bf16 within 2e-2"
+  # Zeroth-order on the GPU: the same noise (Philox is bit-identical), so the same trajectory as
+  # the CPU's up to the forward passes' rounding.
+  ZO=(--set train.grad_accum=1 --set optimizer.zo.samples=2 --set optimizer.zo.eps=1e-2
+      --set optimizer.zo.lr=1e-3 --set train.steps=10)
+  $TRAINER "$JOB" "${DATA[@]}" "${ZO[@]}" --quiet --set output.metrics="$W/zc.jsonl" || fail "zo cpu"
+  $TRAINER "$JOB" "${DATA[@]}" "${ZO[@]}" --quiet --set train.device=cuda \
+    --set output.metrics="$W/zg.jsonl" || fail "zo gpu"
+  paste <(losses "$W/zg.jsonl" | grep -o '"loss": [0-9.e+-]*' | cut -d' ' -f2) \
+        <(losses "$W/zc.jsonl" | grep -o '"loss": [0-9.e+-]*' | cut -d' ' -f2) |
+    awk '{ n++; d = $1 - $2; if (d < 0) d = -d; r = d / $2; if (r > worst) worst = r }
+         END { printf "gpu: zo largest relative loss difference to the CPU over %d steps: %.3g\n", n, worst
+               if (n != 10 || worst > 1e-4) exit 1 }' || fail "ZO on the GPU strays from the CPU"
+  echo "gpu: CPU == GPU within 1e-5, GPU resume bit-identical, GPU checkpoint resumes on the CPU, bf16 within 2e-2, zo within 1e-4"
   ;;
 resume)
   # AdamW (the job's), and Lion with bf16 momentum and clipping.
