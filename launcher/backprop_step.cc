@@ -12,6 +12,7 @@
 #include "launcher/loop.h"
 #include "parallel/data_parallel.h"
 #include "parallel/nccl_communicator.h"
+#include "parallel/ulysses.h"
 
 namespace memtrain::launcher {
 namespace {
@@ -52,13 +53,29 @@ class BackpropStrategy : public LoopStrategy {
     core::Engine& engine = ctx_->engine;
     const core::Batch batch{inputs_.data(), targets_.data(), B_, T_};
     engine.ZeroGrad();
+    if (s.ulysses) s.ulysses->ResetCounters();
     double loss = 0.0;
+    const float scale = 1.0f / (static_cast<float>(D_) * accum_);
     for (int micro = 0; micro < accum_; ++micro) {
       s.train->Next(inputs_.data(), targets_.data());
-      MT_RETURN_IF_ERROR(engine.Forward(batch));
-      loss += engine.Loss();
       ddp_->set_sync(micro == accum_ - 1);
-      MT_RETURN_IF_ERROR(engine.Backward(batch, 1.0f / (static_cast<float>(D_) * accum_)));
+      if (s.ulysses) {
+        // Sequence parallel: this rank's tokens; the loss is the token-weighted mean over the
+        // group, and each rank's gradient its share of it (summed with the data ranks' by the
+        // all-reduce over the data x sequence group).
+        MT_ASSIGN_OR_RETURN(
+            parallel::ShardedLoss l,
+            parallel::ForwardSharded(engine, batch, *s.ulysses, core::Pass::kTrainForward,
+                                     &local_inputs_, &local_targets_));
+        loss += l.loss;
+        const double share =
+            l.valid_global > 0 ? static_cast<double>(l.valid_local) / l.valid_global : 0.0;
+        MT_RETURN_IF_ERROR(engine.Backward(l.local, static_cast<float>(share * scale)));
+      } else {
+        MT_RETURN_IF_ERROR(engine.Forward(batch));
+        loss += engine.Loss();
+        MT_RETURN_IF_ERROR(engine.Backward(batch, scale));
+      }
     }
     const auto t_wait = Clock::now();
     MT_RETURN_IF_ERROR(ddp_->Wait());
@@ -86,6 +103,13 @@ class BackpropStrategy : public LoopStrategy {
     s.state.batches_consumed = s.train->batches_consumed();
     r.json_fields = absl::StrFormat(R"(, "comm_wait_ms": %.3f, "grad_norm": %s)", wait_ms,
                                     JsonNumber(grad_norm, "%.6g"));
+    if (s.ulysses) {  // this rank's all-to-all traffic over the step, per layer
+      const parallel::AllToAllCounters& a = s.ulysses->counters();
+      const int64_t L = s.model->config().n_layer;
+      absl::StrAppendFormat(&r.json_fields,
+                            R"(, "a2a_sent_bytes_per_layer": %d, "a2a_recv_bytes_per_layer": %d)",
+                            a.sent_bytes / L, a.received_bytes / L);
+    }
     return r;
   }
 
@@ -98,6 +122,7 @@ class BackpropStrategy : public LoopStrategy {
   std::unique_ptr<parallel::Communicator> nccl_;  // declared first: the hooks use it
   std::unique_ptr<parallel::DataParallelHooks> ddp_;
   std::vector<int32_t> inputs_, targets_;
+  std::vector<int32_t> local_inputs_, local_targets_;  // this sequence rank's tokens
 };
 
 }  // namespace

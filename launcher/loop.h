@@ -30,6 +30,7 @@
 #include "launcher/train.h"
 #include "optim/optimizer.h"
 #include "parallel/process_grid.h"
+#include "parallel/ulysses.h"
 
 namespace memtrain::launcher {
 
@@ -43,6 +44,9 @@ using checkpoint::TrainState;
 
 // Everything a rank builds before the first collective of the loop.
 struct Setup {
+  // With parallel.sequence > 1: the model's attention (BuildSetup makes it; declared first, so
+  // that it outlives the model that points to it).
+  std::unique_ptr<parallel::UlyssesAttention> ulysses;
   std::unique_ptr<core::GPT2> model;
   std::optional<core::TokenFile> train_tokens, val_tokens;
   std::optional<core::DataLoader> train, val;
@@ -52,8 +56,10 @@ struct Setup {
 
 // Builds the model (fresh, from init_from, or from the latest checkpoint with --resume), the
 // data loaders of this data rank, and the optimizer. Local: no collectives.
+// With `sequence` (the grid's sequence group, size > 1) the model runs Ulysses attention over it
+// and is prepared for this rank's share of train.seq_len.
 absl::Status BuildSetup(const Job& job, const TrainOptions& options, int data_rank, int data_size,
-                        core::ModelMode mode, Setup* s);
+                        core::ModelMode mode, Setup* s, parallel::Communicator* sequence = nullptr);
 
 // Opens the token files and makes this data rank's loaders: the vocabulary check (ids below
 // `vocab`) and one batch of B*T+1 tokens per data rank. ValidateData (--check) runs the same.

@@ -114,7 +114,7 @@ absl::Status ValidateData(const Job& job, int data_rank, int data_size) {
 }
 
 absl::Status BuildSetup(const Job& job, const TrainOptions& options, int data_rank, int data_size,
-                        core::ModelMode mode, Setup* s) {
+                        core::ModelMode mode, Setup* s, parallel::Communicator* sequence) {
   const Train& t = job.train();
   std::optional<LoadedCheckpoint> ckpt;
   if (options.resume || !options.resume_from.empty()) {
@@ -173,7 +173,15 @@ absl::Status BuildSetup(const Job& job, const TrainOptions& options, int data_ra
   MT_ASSIGN_OR_RETURN(s->model, ToDevice(std::move(s->model), device));
   MT_RETURN_IF_ERROR(core::BackendFor(device).SetComputePrecision(
       t.precision() == Train::BF16 ? core::ComputePrecision::kBf16 : core::ComputePrecision::kF32));
-  MT_RETURN_IF_ERROR(s->model->Prepare({.B = t.batch_size(), .T = t.seq_len(), .mode = mode}));
+  int T = t.seq_len();
+  if (sequence != nullptr && sequence->size() > 1) {
+    s->ulysses = std::make_unique<parallel::UlyssesAttention>(
+        sequence, T,
+        parallel::UlyssesOptions{.keep_exchanged = job.parallel().sequence_keep_exchanged()});
+    s->model->set_attention(s->ulysses.get());
+    T = static_cast<int>(s->ulysses->local_T());
+  }
+  MT_RETURN_IF_ERROR(s->model->Prepare({.B = t.batch_size(), .T = T, .mode = mode}));
   const int vocab = s->model->config().vocab_size;
 
   MT_RETURN_IF_ERROR(OpenData(job, vocab, data_rank, data_size, s));

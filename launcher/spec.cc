@@ -26,6 +26,7 @@
 #include "google/protobuf/text_format.h"
 #include "launcher/field_names.h"
 #include "launcher/make_optimizer.h"
+#include "parallel/ulysses.h"
 
 namespace memtrain::launcher {
 namespace {
@@ -282,9 +283,21 @@ absl::Status ValidateJob(const Job& job, int world_size) {
     return Bad("parallel.collective_timeout_s", absl::StrCat(p.collective_timeout_s()),
                "must be >= 0 seconds (0 turns the watchdog off)");
   }
-  if (p.sequence() != 1) {
-    return Bad("parallel.sequence", absl::StrCat(p.sequence()),
-               "sequence parallelism is not implemented yet; set it to 1");
+  if (p.sequence() > 1) {
+    if (job.optimizer().has_zo()) {
+      return Bad("parallel.sequence", absl::StrCat(p.sequence()),
+                 "zeroth-order steps (optimizer.zo) do not run sequence-parallel yet; set it to 1 "
+                 "(parallel.perturbation and parallel.data work with optimizer.zo)");
+    }
+    if (job.train().device() != "cpu") {
+      return Bad("parallel.sequence", absl::StrCat(p.sequence()),
+                 "sequence parallelism runs on the CPU only so far; set it to 1 or "
+                 "train.device to \"cpu\"");
+    }
+    // Every rank needs a token; with a model spec, a head too (init_from: checked at setup).
+    MT_RETURN_IF_ERROR(parallel::UlyssesAttention::Check(
+        job.train().seq_len(), job.model().has_gpt() ? job.model().gpt().n_head() : p.sequence(),
+        job.model().has_gpt() ? job.model().gpt().n_embd() : p.sequence(), p.sequence()));
   }
   if (p.perturbation() != 1 && !job.optimizer().has_zo()) {
     return Bad("parallel.perturbation", absl::StrCat(p.perturbation()),
@@ -476,10 +489,27 @@ absl::StatusOr<MemoryNeed> EstimateJobMemory(const Job& job, const core::GPT2Con
   const core::ModelMode mode = zo              ? core::ModelMode::kForwardOnly
                                : t.recompute() ? core::ModelMode::kTrainRecompute
                                                : core::ModelMode::kTrain;
+  // A sequence-parallel rank holds its share of the tokens (rank 0 the most) and Ulysses'
+  // head-sharded tensors and exchange buffers.
+  const int S = std::max(1, job.parallel().sequence());
+  const int local_T = static_cast<int>(parallel::SplitCount(t.seq_len(), S, 0));
   MT_ASSIGN_OR_RETURN(
       need.by_tag,
       core::GPT2::EstimateMemory(
-          config, {.B = t.batch_size(), .T = t.seq_len(), .mode = mode, .lanes = lanes}, device));
+          config, {.B = t.batch_size(), .T = local_T, .mode = mode, .lanes = lanes}, device));
+  if (S > 1) {
+    const parallel::UlyssesBytes u = parallel::UlyssesAttention::Estimate(
+        {.B = t.batch_size(),
+         .T = local_T,
+         .C = config.n_embd,
+         .NH = config.n_head,
+         .n_layer = config.n_layer,
+         .mode = mode,
+         .device = device},
+        t.seq_len(), S, 0, {.keep_exchanged = job.parallel().sequence_keep_exchanged()});
+    need.by_tag[core::MemoryTag::kActivations] += u.activations;
+    need.by_tag[core::MemoryTag::kScratch] += u.scratch;
+  }
   const int64_t params =
       need.by_tag[core::MemoryTag::kParams] / static_cast<int64_t>(sizeof(float));
   need.by_tag[core::MemoryTag::kOptimizer] = OptimizerStateBytes(job.optimizer(), params);

@@ -75,8 +75,8 @@ absl::Status RunTraining(const Job& job, const TrainOptions& options,
   std::unique_ptr<LoopStrategy> strategy =
       job.optimizer().has_zo() ? MakeZoStrategy(job) : MakeBackpropStrategy(job);
   Setup s;
-  MT_RETURN_IF_ERROR(
-      AgreeOnStatus(world, BuildSetup(job, options, grid.data_rank(), D, strategy->mode(), &s)));
+  MT_RETURN_IF_ERROR(AgreeOnStatus(world, BuildSetup(job, options, grid.data_rank(), D,
+                                                     strategy->mode(), &s, &grid.sequence())));
   // Only now that every rank can run is the metrics file created (or truncated).
   Reporter report;
   absl::Status opened;
@@ -129,8 +129,13 @@ absl::Status RunTraining(const Job& job, const TrainOptions& options,
 
   auto evaluate = [&]() -> absl::StatusOr<double> {
     const int per_rank = (t.eval_batches() + D - 1) / D;
-    MT_ASSIGN_OR_RETURN(float local_loss, core::EvaluateLoss(engine, *s.val, per_rank));
-    double sum = local_loss;
+    double sum = 0;
+    if (s.ulysses) {  // the same on the ranks of a sequence group
+      MT_ASSIGN_OR_RETURN(sum, parallel::EvaluateSharded(engine, *s.val, per_rank, *s.ulysses));
+    } else {
+      MT_ASSIGN_OR_RETURN(float local_loss, core::EvaluateLoss(engine, *s.val, per_rank));
+      sum = local_loss;
+    }
     MT_RETURN_IF_ERROR(
         grid.data().AllReduce(&sum, 1, core::DType::kF64, parallel::ReduceOp::kSum).Wait());
     return sum / D;

@@ -46,6 +46,37 @@ absl::Status UlyssesAttention::Check(int64_t T, int64_t NH, int64_t C, int P) {
   return absl::OkStatus();
 }
 
+UlyssesAttention::Sizes UlyssesAttention::SizesFor(const core::AttentionShape& s, int64_t T, int P,
+                                                   int r, UlyssesOptions options) {
+  const int64_t HS = s.C / std::max<int64_t>(1, s.NH);
+  const int64_t NHr = SplitCount(s.NH, P, r), Cr = NHr * HS, Tr = SplitCount(T, P, r), B = s.B;
+  const int64_t C = s.C, NH = s.NH;
+  const bool training = core::IsTrainingMode(s.mode);
+  Sizes n;
+  n.kept_sets = options.keep_exchanged && s.mode == core::ModelMode::kTrain ? s.n_layer : 1;
+  n.qkv = B * T * 3 * Cr;
+  n.out = B * T * Cr;
+  n.lse = B * NHr * T;
+  n.dout = training ? B * T * Cr : 0;
+  n.dqkv = training ? B * T * 3 * Cr : 0;
+  // The exchange buffers: the largest message of any exchange, sent and received.
+  n.send = std::max(B * Tr * 3 * C, B * T * (Cr + NHr));
+  n.recv = std::max(B * T * 3 * Cr, B * Tr * (C + NH));
+  if (training) {
+    n.send = std::max({n.send, B * Tr * (5 * C + NH), B * T * 3 * Cr});
+    n.recv = std::max({n.recv, B * T * (5 * Cr + NHr), B * Tr * 3 * C});
+  }
+  return n;
+}
+
+UlyssesBytes UlyssesAttention::Estimate(const core::AttentionShape& shape, int64_t T, int P, int r,
+                                        UlyssesOptions options) {
+  const Sizes n = SizesFor(shape, T, P, r, options);
+  const int64_t f = sizeof(float);
+  return {.activations = n.kept_sets * (n.qkv + n.out + n.lse) * f,
+          .scratch = (n.dout + n.dqkv + n.send + n.recv) * f};
+}
+
 absl::Status UlyssesAttention::Prepare(const core::AttentionShape& s) {
   MT_RETURN_IF_ERROR(Check(T_, s.NH, s.C, P_));
   if (s.T != local_T()) {
@@ -72,35 +103,26 @@ absl::Status UlyssesAttention::Prepare(const core::AttentionShape& s) {
     tokens_[j] = SplitCount(T_, P_, j);
     token0_[j] = SplitOffset(T_, P_, j);
   }
-  const int64_t Cr = HeadCols(r_), NHr = heads_[r_], Tr = local_T(), B = B_, T = T_;
-  auto f32 = [&](int64_t n, core::MemoryTag tag) {
-    return core::Tensor::Empty({std::max<int64_t>(n, 1)}, core::DType::kF32, tag, s.device);
+  const Sizes n = SizesFor(s, T_, P_, r_, options_);
+  auto f32 = [&](int64_t count, core::MemoryTag tag) {
+    return core::Tensor::Empty({count}, core::DType::kF32, tag, s.device);
   };
-  per_layer_ = options_.keep_exchanged && s.mode == core::ModelMode::kTrain;
+  per_layer_ = n.kept_sets > 1;
   kept_.clear();
-  kept_.resize(per_layer_ ? s.n_layer : 1);
+  kept_.resize(n.kept_sets);
   for (Heads& h : kept_) {
-    MT_ASSIGN_OR_RETURN(h.qkv, f32(B * T * 3 * Cr, core::MemoryTag::kActivations));
-    MT_ASSIGN_OR_RETURN(h.out, f32(B * T * Cr, core::MemoryTag::kActivations));
-    MT_ASSIGN_OR_RETURN(h.lse, f32(B * NHr * T, core::MemoryTag::kActivations));
+    MT_ASSIGN_OR_RETURN(h.qkv, f32(n.qkv, core::MemoryTag::kActivations));
+    MT_ASSIGN_OR_RETURN(h.out, f32(n.out, core::MemoryTag::kActivations));
+    MT_ASSIGN_OR_RETURN(h.lse, f32(n.lse, core::MemoryTag::kActivations));
   }
   held_layer_ = -1;
-  const bool training = core::IsTrainingMode(s.mode);
-  if (training) {
-    MT_ASSIGN_OR_RETURN(dout_h_, f32(B * T * Cr, core::MemoryTag::kScratch));
-    MT_ASSIGN_OR_RETURN(dqkv_h_, f32(B * T * 3 * Cr, core::MemoryTag::kScratch));
-  } else {
-    dout_h_ = dqkv_h_ = core::Tensor();
+  dout_h_ = dqkv_h_ = core::Tensor();
+  if (n.dout > 0) {
+    MT_ASSIGN_OR_RETURN(dout_h_, f32(n.dout, core::MemoryTag::kScratch));
+    MT_ASSIGN_OR_RETURN(dqkv_h_, f32(n.dqkv, core::MemoryTag::kScratch));
   }
-  // The exchange buffers: the largest message of any exchange, sent and received.
-  int64_t send = std::max(B * Tr * 3 * C_, B * T * (Cr + NHr));
-  int64_t recv = std::max(B * T * 3 * Cr, B * Tr * (C_ + NH_));
-  if (training) {
-    send = std::max({send, B * Tr * (5 * C_ + NH_), B * T * 3 * Cr});
-    recv = std::max({recv, B * T * (5 * Cr + NHr), B * Tr * 3 * C_});
-  }
-  MT_ASSIGN_OR_RETURN(send_, f32(send, core::MemoryTag::kScratch));
-  MT_ASSIGN_OR_RETURN(recv_, f32(recv, core::MemoryTag::kScratch));
+  MT_ASSIGN_OR_RETURN(send_, f32(n.send, core::MemoryTag::kScratch));
+  MT_ASSIGN_OR_RETURN(recv_, f32(n.recv, core::MemoryTag::kScratch));
   return absl::OkStatus();
 }
 
@@ -308,6 +330,52 @@ core::Batch ShardBatch(const core::Batch& global, const UlyssesAttention& attent
   }
   return core::Batch{inputs->data(), global.targets != nullptr ? targets->data() : nullptr,
                      global.B, static_cast<int>(Tr), global.pos_offset + static_cast<int>(t0)};
+}
+
+namespace {
+
+int64_t ValidTargets(const int32_t* targets, int64_t n) {
+  if (targets == nullptr) return 0;
+  int64_t v = 0;
+  for (int64_t i = 0; i < n; ++i) v += targets[i] >= 0;
+  return v;
+}
+
+}  // namespace
+
+absl::StatusOr<ShardedLoss> ForwardSharded(core::Engine& engine, const core::Batch& global,
+                                           UlyssesAttention& attention, core::Pass pass,
+                                           std::vector<int32_t>* inputs,
+                                           std::vector<int32_t>* targets) {
+  ShardedLoss r;
+  r.local = ShardBatch(global, attention, inputs, targets);
+  MT_RETURN_IF_ERROR(engine.Forward(r.local, pass));
+  r.valid_local = ValidTargets(r.local.targets, int64_t{r.local.B} * r.local.T);
+  r.valid_global = ValidTargets(global.targets, int64_t{global.B} * global.T);
+  double weighted = r.valid_local > 0 ? engine.Loss() * static_cast<double>(r.valid_local) : 0.0;
+  MT_RETURN_IF_ERROR(
+      attention.group().AllReduce(&weighted, 1, core::DType::kF64, ReduceOp::kSum).Wait());
+  r.loss = r.valid_global > 0 ? weighted / static_cast<double>(r.valid_global) : 0.0;
+  return r;
+}
+
+absl::StatusOr<double> EvaluateSharded(core::Engine& engine, core::DataLoader& loader,
+                                       int max_batches, UlyssesAttention& attention) {
+  const int B = loader.B(), T = loader.T();
+  std::vector<int32_t> inputs(static_cast<size_t>(B) * T), targets(inputs.size());
+  std::vector<int32_t> local_inputs, local_targets;
+  const core::Batch global{inputs.data(), targets.data(), B, T};
+  const int64_t n = std::min<int64_t>(max_batches, loader.num_batches());
+  loader.Reset();
+  double sum = 0.0;
+  for (int64_t i = 0; i < n; ++i) {
+    loader.Next(inputs.data(), targets.data());
+    MT_ASSIGN_OR_RETURN(ShardedLoss l,
+                        ForwardSharded(engine, global, attention, core::Pass::kEvalForward,
+                                       &local_inputs, &local_targets));
+    sum += l.loss;
+  }
+  return n > 0 ? sum / static_cast<double>(n) : 0.0;
 }
 
 }  // namespace memtrain::parallel

@@ -25,6 +25,8 @@
 
 #include "absl/status/status.h"
 #include "core/attention.h"
+#include "core/data_loader.h"
+#include "core/engine.h"
 #include "core/tensor.h"
 #include "parallel/communicator.h"
 
@@ -51,6 +53,11 @@ struct AllToAllCounters {
   int64_t sent_bytes = 0, received_bytes = 0, exchanges = 0;
 };
 
+// Bytes UlyssesAttention::Prepare allocates (by allocator tag).
+struct UlyssesBytes {
+  int64_t activations = 0, scratch = 0;
+};
+
 class UlyssesAttention final : public core::Attention {
  public:
   // `sequence` (not owned) is the sequence group, `T` the global sequence length.
@@ -64,16 +71,28 @@ class UlyssesAttention final : public core::Attention {
   // without heads), C not divisible by NH.
   static absl::Status Check(int64_t T, int64_t NH, int64_t C, int P);
 
+  // What Prepare(shape) allocates on sequence rank r of P for a global length T (shape.T is
+  // the rank's share); for the memory estimate before anything is allocated.
+  static UlyssesBytes Estimate(const core::AttentionShape& shape, int64_t T, int P, int r,
+                               UlyssesOptions options);
+
   absl::Status Prepare(const core::AttentionShape& shape) override;
   absl::Status Forward(const core::AttentionCall& call, float* out, float* lse,
                        const float* qkv) override;
   absl::Status Backward(const core::AttentionCall& call, float* dqkv, const float* dout,
                         const float* qkv, const float* out, const float* lse) override;
 
+  Communicator& group() { return *comm_; }
   const AllToAllCounters& counters() const { return counters_; }
   void ResetCounters() { counters_ = {}; }
 
  private:
+  // Elements of each buffer; kept_sets sets of (qkv, out, lse).
+  struct Sizes {
+    int64_t kept_sets = 1, qkv = 0, out = 0, lse = 0, dout = 0, dqkv = 0, send = 0, recv = 0;
+  };
+  static Sizes SizesFor(const core::AttentionShape& shape, int64_t T, int P, int r,
+                        UlyssesOptions options);
   // The head-sharded tensors of one layer: q, k, v (B, T, 3 C_r), out (B, T, C_r), lse
   // (B, NH_r, T).
   struct Heads {
@@ -99,6 +118,24 @@ class UlyssesAttention final : public core::Attention {
   core::Tensor send_, recv_;
   AllToAllCounters counters_;
 };
+
+// The forward of this rank's share of a global batch (ShardBatch into the buffers) and the
+// token-weighted mean loss over the sequence group (the same on every rank: one all-reduce of a
+// double). Engine::Backward(local, loss_scale * valid_local / valid_global) then gives each rank
+// its share of the gradient of that mean; summed over the group it is the gradient of the loss.
+struct ShardedLoss {
+  double loss = 0;  // mean over the global batch's valid targets (0 if none)
+  int64_t valid_local = 0, valid_global = 0;
+  core::Batch local;
+};
+absl::StatusOr<ShardedLoss> ForwardSharded(core::Engine& engine, const core::Batch& global,
+                                           UlyssesAttention& attention, core::Pass pass,
+                                           std::vector<int32_t>* inputs,
+                                           std::vector<int32_t>* targets);
+// core::EvaluateLoss for a sequence-parallel model: the mean of `max_batches` global batches'
+// token-weighted losses.
+absl::StatusOr<double> EvaluateSharded(core::Engine& engine, core::DataLoader& loader,
+                                       int max_batches, UlyssesAttention& attention);
 
 // The rank's tokens of a global (B, T) batch: inputs and targets copied into (B, T_r) buffers
 // (resized), positions global (pos_offset), targets those of the global sequence.

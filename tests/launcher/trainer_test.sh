@@ -3,6 +3,7 @@
 #   resume    10 + 10 steps (--stop_after, --resume) give bit-identical losses, weights and
 #             optimizer state to 20 uninterrupted steps (shuffled data, accumulation, cosine lr)
 #   dp        mpirun -np 2 with batch B matches one process with batch 2B (losses, 1e-5 relative)
+#   sequence  parallel.sequence 2, 3, 4 (Ulysses) match one rank, also with data=2; resume
 #   bad       bad input: exit code 2, a message naming the field or file, nothing written; --check
 #             refuses the same data; a model larger than the memory is refused at once
 #   tools     --check (with the memory estimate), sample (streamed), export (--force to overwrite),
@@ -245,6 +246,62 @@ resume)
         --set train.steps=30 --set optimizer.lion.lr=1e-3 2>&1); rc=$?
   [ $rc = 2 ] && echo "$out" | grep -q "holds adamw state" || fail "optimizer switch: $rc $out"
   echo "resume: 10 + 10 steps == 20 steps, bit for bit"
+  ;;
+sequence)
+  # Ulysses: parallel.sequence = S on S ranks (T = 32 tokens over 2, 3, 4 ranks; 4 heads over 3
+  # ranks split 2, 1, 1) trains like one rank: the same training and validation losses within
+  # 1e-5 relative, every step. Also without the kept tensors, with recompute, data=2 x
+  # sequence=2 on 4 ranks against data=2 on 2, and --resume bit-identical.
+  J=(--set model.gpt.n_head=4)
+  # close A B KEY COUNT: the KEY values of two metrics files agree within 1e-5 relative
+  close() {
+    paste <(grep -o "\"$3\": [0-9.e+-]*" "$1" | cut -d' ' -f2) \
+          <(grep -o "\"$3\": [0-9.e+-]*" "$2" | cut -d' ' -f2) |
+      awk -v want="$4" '{ n++; d = $1 - $2; if (d < 0) d = -d; r = d / $2; if (r > worst) worst = r
+                          if (r > 1e-5) { print "line " n ": " $1 " vs " $2; bad = 1 } }
+           END { if (n != want || bad) exit 1; printf "%d values, largest relative difference %.2g\n", n, worst }'
+  }
+  $TRAINER "$JOB" "${DATA[@]}" "${J[@]}" --quiet --set output.metrics="$W/s1.jsonl" \
+    || fail "1-rank run"
+  for S in 2 3 4; do
+    $MPIRUN -np $S "$TRAINER" "$JOB" "${DATA[@]}" "${J[@]}" --quiet --set parallel.sequence=$S \
+      --set output.metrics="$W/s$S.jsonl" || fail "sequence=$S run"
+    echo -n "sequence=$S loss: "; close "$W/s$S.jsonl" "$W/s1.jsonl" loss 20 || fail "sequence=$S losses"
+    echo -n "sequence=$S val_loss: "; close "$W/s$S.jsonl" "$W/s1.jsonl" val_loss 4 \
+      || fail "sequence=$S validation losses"
+  done
+  grep -q '"a2a_sent_bytes_per_layer": [1-9]' "$W/s2.jsonl" || fail "no all-to-all counters"
+  i=0
+  for v in "parallel.sequence_keep_exchanged=false" "train.recompute=true"; do
+    i=$((i + 1))
+    $MPIRUN -np 2 "$TRAINER" "$JOB" "${DATA[@]}" "${J[@]}" --quiet --set parallel.sequence=2 \
+      --set "$v" --set output.metrics="$W/v$i.jsonl" || fail "sequence=2 with $v"
+    echo -n "sequence=2 $v: "; close "$W/v$i.jsonl" "$W/s1.jsonl" loss 20 || fail "$v losses"
+  done
+  # Without the kept tensors backward sends more: q, k, v, out, lse again.
+  a=$(grep -o '"a2a_sent_bytes_per_layer": [0-9]*' "$W/s2.jsonl" | head -1 | cut -d' ' -f2)
+  b=$(grep -o '"a2a_sent_bytes_per_layer": [0-9]*' "$W/v1.jsonl" | head -1 | cut -d' ' -f2)
+  [ "$a" -gt 0 ] && [ "$b" -gt "$a" ] || fail "a2a bytes per layer: kept $a, re-exchanged $b"
+  $MPIRUN -np 2 "$TRAINER" "$JOB" "${DATA[@]}" "${J[@]}" --quiet --set parallel.data=2 \
+    --set output.metrics="$W/d2.jsonl" || fail "data=2 run"
+  $MPIRUN -np 4 "$TRAINER" "$JOB" "${DATA[@]}" "${J[@]}" --quiet --set parallel.data=2 \
+    --set parallel.sequence=2 --set output.metrics="$W/d2s2.jsonl" || fail "data=2 x sequence=2 run"
+  echo -n "data=2 x sequence=2: "; close "$W/d2s2.jsonl" "$W/d2.jsonl" loss 20 || fail "2x2 losses"
+  K=(--set parallel.sequence=2 --set checkpoint.dir="$W/sk")
+  $MPIRUN -np 2 "$TRAINER" "$JOB" "${DATA[@]}" "${J[@]}" "${K[@]}" --quiet --stop_after 10 \
+    --set output.metrics="$W/sr.jsonl" || fail "first half"
+  $MPIRUN -np 2 "$TRAINER" "$JOB" "${DATA[@]}" "${J[@]}" "${K[@]}" --quiet --resume \
+    --set output.metrics="$W/sr.jsonl" || fail "resumed half"
+  diff <(losses "$W/s2.jsonl") <(losses "$W/sr.jsonl") || fail "sequence=2: resumed metrics differ"
+  # Bad input, on every rank, before anything runs.
+  out=$($MPIRUN -np 4 "$TRAINER" "$JOB" "${DATA[@]}" --set parallel.sequence=4 2>&1); rc=$?
+  [ $rc = 2 ] && echo "$out" | grep -q "model.gpt.n_head" || fail "4 ranks for 2 heads: rc $rc: $out"
+  out=$($MPIRUN -np 4 "$TRAINER" "$JOB" "${DATA[@]}" "${J[@]}" --set parallel.sequence=4 \
+        --set train.seq_len=3 2>&1); rc=$?
+  [ $rc = 2 ] && echo "$out" | grep -q "train.seq_len = 3" || fail "T < P: rc $rc: $out"
+  out=$($MPIRUN -np 2 "$TRAINER" "$JOB" "${DATA[@]}" "${J[@]}" --set parallel.sequence=3 2>&1); rc=$?
+  [ $rc = 2 ] && echo "$out" | grep -q "parallel.sequence" || fail "3 sequence ranks of 2: rc $rc: $out"
+  echo "sequence: 2, 3, 4 ranks, keep off, recompute and data=2 x sequence=2 match; resume is bit-identical"
   ;;
 dp)
   $MPIRUN -np 2 "$TRAINER" "$JOB" "${DATA[@]}" --quiet --set parallel.data=2 \
