@@ -57,14 +57,16 @@ UlyssesAttention::Sizes UlyssesAttention::SizesFor(const core::AttentionShape& s
   n.qkv = B * T * 3 * Cr;
   n.out = B * T * Cr;
   n.lse = B * NHr * T;
-  n.dout = training ? B * T * Cr : 0;
-  n.dqkv = training ? B * T * 3 * Cr : 0;
-  // The exchange buffers: the largest message of any exchange, sent and received.
+  // Backward re-sends q, k, v, out and lse only in a training plan without recompute that keeps
+  // no per-layer tensors (with recompute the block's forward has just run).
+  const bool resend = s.mode == core::ModelMode::kTrain && n.kept_sets == 1;
+  // The exchange buffers: the largest message of any exchange, sent and received. In backward
+  // they also hold d(out) (in send, once sent) and dq, dk, dv (in recv, until packed).
   n.send = std::max(B * Tr * 3 * C, B * T * (Cr + NHr));
   n.recv = std::max(B * T * 3 * Cr, B * Tr * (C + NH));
   if (training) {
-    n.send = std::max({n.send, B * Tr * (5 * C + NH), B * T * 3 * Cr});
-    n.recv = std::max({n.recv, B * T * (5 * Cr + NHr), B * Tr * 3 * C});
+    n.send = std::max({n.send, B * Tr * (resend ? 5 * C + NH : C), B * T * 3 * Cr, B * T * Cr});
+    n.recv = std::max({n.recv, B * T * (resend ? 5 * Cr + NHr : Cr), B * Tr * 3 * C});
   }
   return n;
 }
@@ -74,7 +76,7 @@ UlyssesBytes UlyssesAttention::Estimate(const core::AttentionShape& shape, int64
   const Sizes n = SizesFor(shape, T, P, r, options);
   const int64_t f = sizeof(float);
   return {.activations = n.kept_sets * (n.qkv + n.out + n.lse) * f,
-          .scratch = (n.dout + n.dqkv + n.send + n.recv) * f};
+          .scratch = (n.send + n.recv) * f};
 }
 
 absl::Status UlyssesAttention::Prepare(const core::AttentionShape& s) {
@@ -116,11 +118,7 @@ absl::Status UlyssesAttention::Prepare(const core::AttentionShape& s) {
     MT_ASSIGN_OR_RETURN(h.lse, f32(n.lse, core::MemoryTag::kActivations));
   }
   held_layer_ = -1;
-  dout_h_ = dqkv_h_ = core::Tensor();
-  if (n.dout > 0) {
-    MT_ASSIGN_OR_RETURN(dout_h_, f32(n.dout, core::MemoryTag::kScratch));
-    MT_ASSIGN_OR_RETURN(dqkv_h_, f32(n.dqkv, core::MemoryTag::kScratch));
-  }
+  training_ = core::IsTrainingMode(s.mode);
   MT_ASSIGN_OR_RETURN(send_, f32(n.send, core::MemoryTag::kScratch));
   MT_ASSIGN_OR_RETURN(recv_, f32(n.recv, core::MemoryTag::kScratch));
   return absl::OkStatus();
@@ -222,7 +220,7 @@ absl::Status UlyssesAttention::Forward(const core::AttentionCall& call, float* o
 absl::Status UlyssesAttention::Backward(const core::AttentionCall& call, float* dqkv,
                                         const float* dout, const float* qkv, const float* out,
                                         const float* lse) {
-  if (dout_h_.numel() == 0) {
+  if (!training_) {
     return absl::FailedPreconditionError(
         "UlyssesAttention::Backward: prepared for a plan without backward");
   }
@@ -264,7 +262,9 @@ absl::Status UlyssesAttention::Backward(const core::AttentionCall& call, float* 
   float* hqkv = h.qkv.f32();
   float* hout = h.out.f32();
   float* hlse = h.lse.f32();
-  float* hdout = dout_h_.f32();
+  // d(out) of the heads goes to the send buffer (free once the exchange is done) and dq, dk, dv
+  // to the receive buffer (free once unpacked), so backward needs no buffers of its own.
+  float* hdout = snd;
 #pragma omp parallel for collapse(2) schedule(static)
   for (int i = 0; i < P_; ++i) {
     for (int64_t b = 0; b < B; ++b) {
@@ -286,7 +286,7 @@ absl::Status UlyssesAttention::Backward(const core::AttentionCall& call, float* 
     }
   }
   held_layer_ = per_layer_ ? held_layer_ : call.layer;
-  float* hdqkv = dqkv_h_.f32();
+  float* hdqkv = rcv;
   core::BackendFor(call.ctx->device)
       .AttentionBackward(*call.ctx, hdqkv, hdout, hqkv, hout, hlse, B, T, Cr, NHr);
   // dq, dk, dv back to the tokens: to rank i its rows (B, T_i, 3 C_r).

@@ -89,7 +89,7 @@ class UlyssesAttention final : public core::Attention {
  private:
   // Elements of each buffer; kept_sets sets of (qkv, out, lse).
   struct Sizes {
-    int64_t kept_sets = 1, qkv = 0, out = 0, lse = 0, dout = 0, dqkv = 0, send = 0, recv = 0;
+    int64_t kept_sets = 1, qkv = 0, out = 0, lse = 0, send = 0, recv = 0;
   };
   static Sizes SizesFor(const core::AttentionShape& shape, int64_t T, int P, int r,
                         UlyssesOptions options);
@@ -112,9 +112,9 @@ class UlyssesAttention final : public core::Attention {
   int64_t B_ = 0, C_ = 0, NH_ = 0, HS_ = 0;
   std::vector<int64_t> heads_, head0_, tokens_, token0_;  // per rank: NH_j, first head, T_i, first
   bool per_layer_ = false;
-  std::vector<Heads> kept_;       // per layer, or one
-  int held_layer_ = -1;           // the layer whose tensors kept_[0] holds (one set only)
-  core::Tensor dout_h_, dqkv_h_;  // (B, T, C_r), (B, T, 3 C_r)
+  std::vector<Heads> kept_;  // per layer, or one
+  int held_layer_ = -1;      // the layer whose tensors kept_[0] holds (one set only)
+  bool training_ = false;
   core::Tensor send_, recv_;
   AllToAllCounters counters_;
 };

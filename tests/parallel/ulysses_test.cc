@@ -12,6 +12,7 @@
 #include <cmath>
 #include <vector>
 
+#include "core/allocator.h"
 #include "core/engine.h"
 #include "core/model/gpt2.h"
 #include "core/philox.h"
@@ -183,6 +184,43 @@ TEST(UlyssesTest, AllToAllBytesFollowTheFormula) {
   const double bwd_again = per_rank_tokens * (5 * C + NH + 3 * C) * leave * f;
   EXPECT_EQ(again.sent_bytes, static_cast<int64_t>(L * fwd + bwd_kept + (L - 1) * bwd_again));
   if (P > 1) EXPECT_GT(kept.sent_bytes, 0);
+}
+
+// What Prepare allocates is what Estimate says (the trainer's memory check relies on it), tag by
+// tag, for every plan; and with recompute backward needs no more buffers than forward.
+TEST(UlyssesTest, TheEstimateIsWhatPrepareAllocates) {
+  const int P = g_world->size();
+  if (P > 6) GTEST_SKIP() << "more ranks than heads";
+  const core::GPT2Config cfg = Config(6);
+  for (auto [mode, keep] :
+       {std::pair{core::ModelMode::kTrain, true}, std::pair{core::ModelMode::kTrain, false},
+        std::pair{core::ModelMode::kTrainRecompute, true},
+        std::pair{core::ModelMode::kEval, true}}) {
+    SCOPED_TRACE(::testing::Message() << core::ModelModeName(mode) << " keep " << keep);
+    UlyssesAttention ul(g_world, 130, {.keep_exchanged = keep});
+    auto m = core::GPT2::Create(cfg).value();
+    m->set_attention(&ul);
+    const core::MemoryStats before = core::GetMemoryStats(core::Device::Cpu());
+    const int Tr = static_cast<int>(ul.local_T());
+    ASSERT_TRUE(m->Prepare({.B = 2, .T = Tr, .mode = mode}).ok());
+    const core::MemoryStats after = core::GetMemoryStats(core::Device::Cpu());
+    auto model = core::GPT2::EstimateMemory(cfg, {.B = 2, .T = Tr, .mode = mode}).value();
+    const UlyssesBytes u =
+        UlyssesAttention::Estimate({.B = 2,
+                                    .T = Tr,
+                                    .C = 48,
+                                    .NH = 6,
+                                    .n_layer = 2,
+                                    .mode = mode,
+                                    .device = core::Device::Cpu()},
+                                   130, P, g_world->rank(), {.keep_exchanged = keep});
+    auto delta = [&](core::MemoryTag t) {
+      return after.current_by_tag[int(t)] - before.current_by_tag[int(t)];
+    };
+    EXPECT_EQ(delta(core::MemoryTag::kActivations),
+              model[core::MemoryTag::kActivations] + u.activations);
+    EXPECT_EQ(delta(core::MemoryTag::kScratch), model[core::MemoryTag::kScratch] + u.scratch);
+  }
 }
 
 TEST(UlyssesTest, BadShapesAreRefusedNamingTheFields) {
