@@ -1,5 +1,9 @@
 #include "core/philox.h"
 
+#ifdef __AVX2__
+#include <immintrin.h>
+#endif
+
 #include <algorithm>
 #include <cmath>
 
@@ -57,8 +61,53 @@ namespace {
 // with the lanes in separate arrays so that every loop vectorises: the same operations as
 // PhiloxBlockBits and PhiloxNormals (philox_math.h), so the same bits.
 constexpr int kBatch = 16;
+#ifdef __AVX2__
+// hi and lo words of the eight 32 x 32 -> 64-bit products a[i] * m (even lanes, then odd ones).
+inline void MulHiLo(__m256i a, __m256i m, __m256i* hi, __m256i* lo) {
+  const __m256i even = _mm256_mul_epu32(a, m);
+  const __m256i odd = _mm256_mul_epu32(_mm256_srli_epi64(a, 32), m);
+  *lo = _mm256_blend_epi32(even, _mm256_slli_epi64(odd, 32), 0xAA);
+  *hi = _mm256_blend_epi32(_mm256_srli_epi64(even, 32), odd, 0xAA);
+}
+#endif
+
 inline void NormalsBatch(uint64_t seed, uint64_t stream, uint64_t first, float* __restrict z) {
-  uint32_t c[4][kBatch];
+  alignas(32) uint32_t c[4][kBatch];
+  const uint32_t k0_init = static_cast<uint32_t>(seed), k1_init = static_cast<uint32_t>(seed >> 32);
+#ifdef __AVX2__
+  // The ten rounds on eight counters at a time (gcc's own vectorisation of the loop below
+  // reaches about half this speed); the same words.
+  const __m256i m0 = _mm256_set1_epi32(static_cast<int>(kPhiloxM0));
+  const __m256i m1 = _mm256_set1_epi32(static_cast<int>(kPhiloxM1));
+  for (int h = 0; h < kBatch; h += 8) {
+    alignas(32) uint32_t lo[8], hi[8];
+    for (int i = 0; i < 8; ++i) {
+      const uint64_t block = first + static_cast<uint64_t>(h + i);
+      lo[i] = static_cast<uint32_t>(block);
+      hi[i] = static_cast<uint32_t>(block >> 32);
+    }
+    __m256i c0 = _mm256_load_si256(reinterpret_cast<const __m256i*>(lo));
+    __m256i c1 = _mm256_load_si256(reinterpret_cast<const __m256i*>(hi));
+    __m256i c2 = _mm256_set1_epi32(static_cast<int>(static_cast<uint32_t>(stream)));
+    __m256i c3 = _mm256_set1_epi32(static_cast<int>(static_cast<uint32_t>(stream >> 32)));
+    uint32_t k0 = k0_init, k1 = k1_init;
+    for (int round = 0; round < 10; ++round) {
+      __m256i h0, l0, h1, l1;
+      MulHiLo(c0, m0, &h0, &l0);
+      MulHiLo(c2, m1, &h1, &l1);
+      c0 = _mm256_xor_si256(_mm256_xor_si256(h1, c1), _mm256_set1_epi32(static_cast<int>(k0)));
+      c2 = _mm256_xor_si256(_mm256_xor_si256(h0, c3), _mm256_set1_epi32(static_cast<int>(k1)));
+      c1 = l1;
+      c3 = l0;
+      k0 += kPhiloxW0;
+      k1 += kPhiloxW1;
+    }
+    _mm256_store_si256(reinterpret_cast<__m256i*>(&c[0][h]), c0);
+    _mm256_store_si256(reinterpret_cast<__m256i*>(&c[1][h]), c1);
+    _mm256_store_si256(reinterpret_cast<__m256i*>(&c[2][h]), c2);
+    _mm256_store_si256(reinterpret_cast<__m256i*>(&c[3][h]), c3);
+  }
+#else
 #pragma omp simd
   for (int i = 0; i < kBatch; ++i) {
     const uint64_t block = first + static_cast<uint64_t>(i);
@@ -67,7 +116,7 @@ inline void NormalsBatch(uint64_t seed, uint64_t stream, uint64_t first, float* 
     c[2][i] = static_cast<uint32_t>(stream);
     c[3][i] = static_cast<uint32_t>(stream >> 32);
   }
-  uint32_t k0 = static_cast<uint32_t>(seed), k1 = static_cast<uint32_t>(seed >> 32);
+  uint32_t k0 = k0_init, k1 = k1_init;
   for (int round = 0; round < 10; ++round) {
 #pragma omp simd
     for (int i = 0; i < kBatch; ++i) {
@@ -83,6 +132,7 @@ inline void NormalsBatch(uint64_t seed, uint64_t stream, uint64_t first, float* 
     k0 += kPhiloxW0;
     k1 += kPhiloxW1;
   }
+#endif
   for (int pair = 0; pair < 2; ++pair) {
 #pragma omp simd
     for (int i = 0; i < kBatch; ++i) {
