@@ -141,6 +141,9 @@ class Backend {
   virtual double SquaredNorm(const ExecContext& ctx, const float* x, int64_t n) = 0;
   // y += alpha * x.
   virtual void Axpy(const ExecContext& ctx, float* y, float alpha, const float* x, int64_t n) = 0;
+  // y[i] = fmaf(a, z[i], x[i]): one rounding, the same bits on every backend (y may be x or z).
+  virtual void Fma(const ExecContext& ctx, float* y, float a, const float* z, const float* x,
+                   int64_t n) = 0;
   // x *= mask (u8, 1 = keep, 0 = zero).
   virtual void ApplyMask(const ExecContext& ctx, float* x, const uint8_t* mask, int64_t n) = 0;
   // x[i] = mean + std * N(0,1) from Philox(seed, stream) at element offset + i: the same numbers

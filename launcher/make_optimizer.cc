@@ -40,7 +40,8 @@ optim::ZoConfig ToZoConfig(const Zo& z) {
           .eps = z.eps(),
           .weight_decay = z.weight_decay(),
           .samples = z.samples(),
-          .sign = z.sign()};
+          .sign = z.sign(),
+          .cache_noise = z.cache_noise()};
 }
 
 absl::Status ValidateOptimizerSpec(const Optimizer& spec) {

@@ -518,8 +518,10 @@ absl::StatusOr<MemoryNeed> EstimateJobMemory(const Job& job, const core::GPT2Con
     const int64_t embedding =
         (static_cast<int64_t>(config.padded_vocab_size) + config.max_seq_len) * C;
     const int64_t layer = 12 * C * C + 13 * C;
+    // The noise cache, the same again, where one rank runs both lanes of a sample.
+    const int64_t copies = job.optimizer().zo().cache_noise() && P == 1 ? 2 : 1;
     need.by_tag[core::MemoryTag::kScratch] +=
-        (std::max(embedding, layer) + 2 * C) * static_cast<int64_t>(sizeof(float));
+        copies * (std::max(embedding, layer) + 2 * C) * static_cast<int64_t>(sizeof(float));
   }
   // A token file is read whole: its tokens are its bytes past the 1 KiB header.
   for (const std::string& f : {job.data().train_tokens(), job.data().val_tokens()}) {

@@ -59,14 +59,21 @@ uint64_t ZoStepSeed(uint64_t seed, int64_t step) {
 
 // ---- ZoPerturbation ------------------------------------------------------------------------
 
-absl::StatusOr<std::unique_ptr<ZoPerturbation>> ZoPerturbation::Create(core::Model* model) {
+absl::StatusOr<std::unique_ptr<ZoPerturbation>> ZoPerturbation::Create(core::Model* model,
+                                                                       bool cache_noise) {
   if (model == nullptr) return absl::InvalidArgumentError("ZoPerturbation: the model is null");
   std::unique_ptr<ZoPerturbation> p(new ZoPerturbation(model));
+  p->cache_noise_ = cache_noise;
   const std::array<int64_t, 2> size = ScratchSizes(model);
   for (int k = 0; k < 2; ++k) {
     MT_ASSIGN_OR_RETURN(p->scratch_[k],
                         core::Tensor::Empty({size[k]}, core::DType::kF32, core::MemoryTag::kScratch,
                                             model->block(0).device()));
+    if (cache_noise) {  // dropped by Set if this rank never runs both lanes of a sample
+      MT_ASSIGN_OR_RETURN(
+          p->noise_[k], core::Tensor::Empty({size[k]}, core::DType::kF32, core::MemoryTag::kScratch,
+                                            model->block(0).device()));
+    }
   }
   return p;
 }
@@ -77,14 +84,39 @@ absl::Status ZoPerturbation::Bind(core::ParamBlock& block, int slot, int lane,
   if (n == 0) return absl::OkStatus();
   core::Backend& be = core::BackendFor(block.device());
   core::Tensor view = scratch_[slot].View(0, {n});
-  // scratch = theta + s*eps*z in one rounding (fmaf), the noise drawn on the fly: the weights
-  // themselves are never written.
+  // scratch = theta + s*eps*z in one rounding (fmaf), the noise drawn on the fly, or for the -
+  // lane of a sample taken from the + lane's draw: the same bits. The weights themselves are
+  // never written.
   const int global = first_ + lane * stride_;
+  const int sample = global / 2;
   const float scale = (global % 2 == 0) ? eps_ : -eps_;
-  be.AddNormal(ctx, view.f32(), block.params().f32(), n, seed_, ZoStream(block.id(), global / 2), 0,
-               scale);
+  const uint64_t stream = ZoStream(block.id(), sample);
+  Cached& c = cached_[slot];
+  if (noise_[slot].defined() && global % 2 == 0) {
+    // z exactly (-0.0 as the addend keeps the sign of a zero).
+    be.FillNormal(ctx, noise_[slot].f32(), n, seed_, stream, 0, -0.0f, 1.0f);
+    c = {.valid = true, .block = block.id(), .sample = sample, .seed = seed_};
+    be.Fma(ctx, view.f32(), scale, noise_[slot].f32(), block.params().f32(), n);
+  } else if (noise_[slot].defined() && c.valid && c.block == block.id() && c.sample == sample &&
+             c.seed == seed_) {
+    be.Fma(ctx, view.f32(), scale, noise_[slot].f32(), block.params().f32(), n);
+    c.valid = false;
+  } else {
+    be.AddNormal(ctx, view.f32(), block.params().f32(), n, seed_, stream, 0, scale);
+  }
   MT_RETURN_IF_ERROR(block.BindParams(view));
   bound_.push_back(&block);
+  return absl::OkStatus();
+}
+
+absl::Status ZoPerturbation::Set(uint64_t step_seed, float eps, int first, int stride) {
+  seed_ = step_seed;
+  eps_ = eps;
+  first_ = first;
+  stride_ = stride;
+  cached_[0].valid = cached_[1].valid = false;
+  // A rank that runs no two lanes of one sample has no use for the cache.
+  if (stride != 1) noise_[0] = noise_[1] = core::Tensor();
   return absl::OkStatus();
 }
 
@@ -123,7 +155,7 @@ absl::StatusOr<std::unique_ptr<ZoSgd>> ZoSgd::Create(core::Model* model, ZoConfi
   MT_RETURN_IF_ERROR(CheckModel(model));
   MT_RETURN_IF_ERROR(config.Validate());
   std::unique_ptr<ZoSgd> zo(new ZoSgd(model, config, std::move(decay)));
-  MT_ASSIGN_OR_RETURN(zo->perturb_, ZoPerturbation::Create(model));
+  MT_ASSIGN_OR_RETURN(zo->perturb_, ZoPerturbation::Create(model, config.cache_noise));
   return zo;
 }
 
@@ -138,6 +170,7 @@ absl::StatusOr<ZoStepResult> ZoSgd::Step(core::Engine& engine, const core::Batch
 void ZoSgd::set_lanes(int first, int stride) {
   first_lane_ = first;
   lane_stride_ = std::max(1, stride);
+  perturb_->Set(0, config_.eps, first_lane_, lane_stride_).IgnoreError();  // drops an unused cache
 }
 
 int ZoSgd::local_lanes() const {
@@ -166,7 +199,7 @@ absl::StatusOr<std::vector<double>> ZoSgd::MeasureLanes(core::Engine& engine,
   if (batch.targets == nullptr) {
     return absl::InvalidArgumentError("ZoSgd::Step needs a batch with targets (the loss)");
   }
-  perturb_->Set(step_seed, config_.eps, first_lane_, lane_stride_);
+  MT_RETURN_IF_ERROR(perturb_->Set(step_seed, config_.eps, first_lane_, lane_stride_));
   engine.AddHooks(perturb_.get());
   const std::vector<core::Batch> lanes(local, batch);
   absl::Status ran = engine.ForwardLanes(lanes);

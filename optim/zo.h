@@ -36,6 +36,9 @@ struct ZoConfig {
   float weight_decay = 0.0f;  // on matrices and embeddings only (ParamView::decay)
   int samples = 1;            // q: perturbation directions per step (2q forward lanes)
   bool sign = false;          // ZO-SignSGD: theta -= lr * mean_i sign(g_i) z_i
+  // Where one rank runs both lanes of a sample, keep the noise of the + lane for the - lane (one
+  // draw per weight instead of two, one more scratch of the largest block); the same bits.
+  bool cache_noise = true;
 
   // InvalidArgument naming the field ("ZoConfig::eps = 0: must be > 0 ...").
   absl::Status Validate() const;
@@ -53,17 +56,15 @@ inline uint64_t ZoStream(int block_id, int sample) {
 // sample l / 2 (s = +1 for even lanes, -1 for odd ones), and unbinds them after the stage.
 class ZoPerturbation final : public core::StageHooks {
  public:
-  // Scratch of the largest block (two: a stage's own block and the one it also reads).
-  static absl::StatusOr<std::unique_ptr<ZoPerturbation>> Create(core::Model* model);
+  // Scratch of the largest block (two: a stage's own block and the one it also reads), and with
+  // cache_noise as much again for the noise of the + lanes.
+  static absl::StatusOr<std::unique_ptr<ZoPerturbation>> Create(core::Model* model,
+                                                                bool cache_noise = false);
   core::HookRole role() const override { return core::HookRole::kMemory; }
   // Local lane k is global lane first + k * stride (perturbation parallelism splits the 2q
   // lanes over the ranks of a group); the sign and sample come from the global lane.
-  void Set(uint64_t step_seed, float eps, int first = 0, int stride = 1) {
-    seed_ = step_seed;
-    eps_ = eps;
-    first_ = first;
-    stride_ = stride;
-  }
+  // With a stride other than 1 (no rank runs both lanes of a sample) the noise cache is freed.
+  absl::Status Set(uint64_t step_seed, float eps, int first = 0, int stride = 1);
   absl::Status BeforeForward(const core::StageEvent& e) override;
   absl::Status AfterForward(const core::StageEvent& e) override;
 
@@ -73,6 +74,15 @@ class ZoPerturbation final : public core::StageHooks {
 
   core::Model* model_;
   core::Tensor scratch_[2];  // f32: slot 0 the largest block, slot 1 the largest second one
+  // With cache_noise: the standard normals of the + lane per slot, and whose they are (block id,
+  // sample, step seed) while valid; allocated when a rank first runs both lanes of a sample.
+  bool cache_noise_ = false;
+  core::Tensor noise_[2];
+  struct Cached {
+    bool valid = false;
+    int block = 0, sample = 0;
+    uint64_t seed = 0;
+  } cached_[2];
   std::vector<core::ParamBlock*> bound_;
   uint64_t seed_ = 0;
   float eps_ = 0.0f;

@@ -25,6 +25,7 @@
 #include "launcher/loop.h"
 #include "launcher/sample.h"
 #include "launcher/spec.h"
+#include "optim/zo.h"
 
 namespace memtrain::launcher {
 namespace {
@@ -236,6 +237,9 @@ TEST_F(TrainLoopTest, TheMemoryEstimateIsExactPerTag) {
     launcher::Setup s;
     ASSERT_TRUE(BuildSetup(job, {}, 0, 1, core::ModelMode::kForwardOnly, &s).ok());
     // As the zo strategy's Start: rank 0 of the perturbation group runs lanes 0, P, ... of 4.
+    auto* zo = dynamic_cast<optim::ZoSgd*>(s.opt.get());
+    ASSERT_NE(zo, nullptr);
+    zo->set_lanes(0, perturbation);
     ASSERT_TRUE(s.model
                     ->Prepare({.B = 3,
                                .T = 8,

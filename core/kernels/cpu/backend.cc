@@ -3,6 +3,7 @@
 #include "core/backend.h"
 
 #include <array>
+#include <cmath>
 #include <cstring>
 
 #include "absl/strings/str_format.h"
@@ -116,6 +117,11 @@ class CpuBackend final : public Backend {
   void Axpy(const ExecContext&, float* y, float alpha, const float* x, int64_t n) override {
 #pragma omp parallel for simd schedule(static)
     for (int64_t i = 0; i < n; ++i) y[i] += alpha * x[i];
+  }
+  void Fma(const ExecContext&, float* y, float a, const float* z, const float* x,
+           int64_t n) override {
+#pragma omp parallel for simd schedule(static)
+    for (int64_t i = 0; i < n; ++i) y[i] = std::fmaf(a, z[i], x[i]);
   }
   void ApplyMask(const ExecContext&, float* x, const uint8_t* mask, int64_t n) override {
 #pragma omp parallel for simd schedule(static)

@@ -374,6 +374,10 @@ class CudaBackend final : public Backend {
     cuda::SquaredNorm(StreamOf(ctx), result_, x, n);
     return ReadResult(ctx);
   }
+  void Fma(const ExecContext& ctx, float* y, float a, const float* z, const float* x,
+           int64_t n) override {
+    if (n > 0) cuda::Fma(StreamOf(ctx), y, a, z, x, n);
+  }
   void Axpy(const ExecContext& ctx, float* y, float alpha, const float* x, int64_t n) override {
     MT_PROFILE("axpy", StreamOf(ctx));
     if (n > 0) cuda::Axpy(StreamOf(ctx), y, alpha, x, n);

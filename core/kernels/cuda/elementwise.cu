@@ -320,6 +320,10 @@ __global__ void AxpyKernel(float* y, float alpha, const float* x, int64_t n) {
   for (int64_t i = GlobalThread(); i < n; i += GridStride()) y[i] += alpha * x[i];
 }
 
+__global__ void FmaKernel(float* y, float a, const float* z, const float* x, int64_t n) {
+  for (int64_t i = GlobalThread(); i < n; i += GridStride()) y[i] = fmaf(a, z[i], x[i]);
+}
+
 __global__ void ApplyMaskKernel(float* x, const uint8_t* mask, int64_t n) {
   for (int64_t i = GlobalThread(); i < n; i += GridStride()) x[i] = mask[i] ? x[i] : 0.0f;
 }
@@ -532,6 +536,12 @@ void Sum(cudaStream_t s, double* result, const float* x, int64_t n) {
 
 void SquaredNorm(cudaStream_t s, double* result, const float* x, int64_t n) {
   Reduce<true>(s, result, x, n);
+}
+
+void Fma(cudaStream_t s, float* y, float a, const float* z, const float* x, int64_t n) {
+  if (n == 0) return;
+  FmaKernel<<<GridFor(n), kThreads, 0, s>>>(y, a, z, x, n);
+  MT_CUDA_CHECK_LAUNCH();
 }
 
 void Axpy(cudaStream_t s, float* y, float alpha, const float* x, int64_t n) {

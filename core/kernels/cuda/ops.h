@@ -82,6 +82,8 @@ void SgdUpdate(cudaStream_t s, float* params, const float* grads, float* buf, in
 void Sum(cudaStream_t s, double* result, const float* x, int64_t n);
 void SquaredNorm(cudaStream_t s, double* result, const float* x, int64_t n);
 void Axpy(cudaStream_t s, float* y, float alpha, const float* x, int64_t n);
+// y[i] = fmaf(a, z[i], x[i]), as the CPU backend's Fma.
+void Fma(cudaStream_t s, float* y, float a, const float* z, const float* x, int64_t n);
 void ApplyMask(cudaStream_t s, float* x, const uint8_t* mask, int64_t n);
 // Bit-identical to core::FillNormal on the CPU (both use core/philox_math.h).
 void FillNormal(cudaStream_t s, float* x, int64_t n, uint64_t seed, uint64_t stream,
