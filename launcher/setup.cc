@@ -174,6 +174,14 @@ absl::Status BuildSetup(const Job& job, const TrainOptions& options, int data_ra
   MT_RETURN_IF_ERROR(core::BackendFor(device).SetComputePrecision(
       t.precision() == Train::BF16 ? core::ComputePrecision::kBf16 : core::ComputePrecision::kF32));
   int T = t.seq_len();
+  // Checked here for a model read from a file (a model.gpt spec is checked with the job): a
+  // sequence-parallel rank prepares only its share of T, which would hide it.
+  if (T > s->model->config().max_seq_len) {
+    return absl::InvalidArgumentError(absl::StrFormat(
+        "train.seq_len = %d exceeds the model's max_seq_len = %d (model.init_from or the "
+        "checkpoint); lower train.seq_len",
+        T, s->model->config().max_seq_len));
+  }
   if (sequence != nullptr && sequence->size() > 1) {
     s->ulysses = std::make_unique<parallel::UlyssesAttention>(
         sequence, T,

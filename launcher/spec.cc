@@ -493,6 +493,11 @@ absl::StatusOr<MemoryNeed> EstimateJobMemory(const Job& job, const core::GPT2Con
   // head-sharded tensors and exchange buffers.
   const int S = std::max(1, job.parallel().sequence());
   const int local_T = static_cast<int>(parallel::SplitCount(t.seq_len(), S, 0));
+  if (t.seq_len() > config.max_seq_len) {
+    return absl::InvalidArgumentError(absl::StrFormat(
+        "train.seq_len = %d exceeds the model's max_seq_len = %d; lower train.seq_len", t.seq_len(),
+        config.max_seq_len));
+  }
   MT_ASSIGN_OR_RETURN(
       need.by_tag,
       core::GPT2::EstimateMemory(

@@ -69,11 +69,6 @@ absl::StatusOr<std::unique_ptr<ZoPerturbation>> ZoPerturbation::Create(core::Mod
     MT_ASSIGN_OR_RETURN(p->scratch_[k],
                         core::Tensor::Empty({size[k]}, core::DType::kF32, core::MemoryTag::kScratch,
                                             model->block(0).device()));
-    if (cache_noise) {  // dropped by Set if this rank never runs both lanes of a sample
-      MT_ASSIGN_OR_RETURN(
-          p->noise_[k], core::Tensor::Empty({size[k]}, core::DType::kF32, core::MemoryTag::kScratch,
-                                            model->block(0).device()));
-    }
   }
   return p;
 }
@@ -115,8 +110,16 @@ absl::Status ZoPerturbation::Set(uint64_t step_seed, float eps, int first, int s
   first_ = first;
   stride_ = stride;
   cached_[0].valid = cached_[1].valid = false;
-  // A rank that runs no two lanes of one sample has no use for the cache.
-  if (stride != 1) noise_[0] = noise_[1] = core::Tensor();
+  // Only a rank that runs both lanes of a sample (stride 1) has a use for the cache.
+  if (stride != 1) {
+    noise_[0] = noise_[1] = core::Tensor();
+  } else if (cache_noise_ && !noise_[0].defined()) {
+    for (int k = 0; k < 2; ++k) {
+      MT_ASSIGN_OR_RETURN(noise_[k],
+                          core::Tensor::Empty({scratch_[k].numel()}, core::DType::kF32,
+                                              core::MemoryTag::kScratch, scratch_[k].device()));
+    }
+  }
   return absl::OkStatus();
 }
 

@@ -56,14 +56,15 @@ inline uint64_t ZoStream(int block_id, int sample) {
 // sample l / 2 (s = +1 for even lanes, -1 for odd ones), and unbinds them after the stage.
 class ZoPerturbation final : public core::StageHooks {
  public:
-  // Scratch of the largest block (two: a stage's own block and the one it also reads), and with
-  // cache_noise as much again for the noise of the + lanes.
+  // Scratch of the largest block (two: a stage's own block and the one it also reads); with
+  // cache_noise, Set adds as much again for the noise of the + lanes where it can be used.
   static absl::StatusOr<std::unique_ptr<ZoPerturbation>> Create(core::Model* model,
                                                                 bool cache_noise = false);
   core::HookRole role() const override { return core::HookRole::kMemory; }
   // Local lane k is global lane first + k * stride (perturbation parallelism splits the 2q
   // lanes over the ranks of a group); the sign and sample come from the global lane.
-  // With a stride other than 1 (no rank runs both lanes of a sample) the noise cache is freed.
+  // With cache_noise and stride 1 (this rank runs both lanes of each sample) the first call
+  // allocates the noise cache (ResourceExhausted past the budget); another stride frees it.
   absl::Status Set(uint64_t step_seed, float eps, int first = 0, int stride = 1);
   absl::Status BeforeForward(const core::StageEvent& e) override;
   absl::Status AfterForward(const core::StageEvent& e) override;

@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <cstring>
+#include <limits>
 
 #include "absl/strings/str_format.h"
 
@@ -90,6 +91,17 @@ absl::Status UlyssesAttention::Prepare(const core::AttentionShape& s) {
   if (s.device.type != core::DeviceType::kCpu) {
     return absl::UnimplementedError(
         "parallel.sequence > 1 runs on the CPU only so far (train.device = \"cpu\")");
+  }
+  // Every rank computes every rank's largest message, so all refuse together.
+  for (int j = 0; j < P_; ++j) {
+    const Sizes nj = SizesFor(s, T_, P_, j, options_);
+    if (std::max(nj.send, nj.recv) > std::numeric_limits<int>::max()) {
+      return absl::InvalidArgumentError(absl::StrFormat(
+          "train.seq_len = %d with parallel.sequence = %d makes all-to-all messages of %d floats, "
+          "more than MPI's int counts; lower train.batch_size or train.seq_len, or raise "
+          "parallel.sequence",
+          T_, P_, std::max(nj.send, nj.recv)));
+    }
   }
   B_ = s.B;
   C_ = s.C;
@@ -223,6 +235,12 @@ absl::Status UlyssesAttention::Backward(const core::AttentionCall& call, float* 
   if (!training_) {
     return absl::FailedPreconditionError(
         "UlyssesAttention::Backward: prepared for a plan without backward");
+  }
+  if (call.B != B_ || call.T != local_T() || call.C != C_ || call.NH != NH_) {
+    return absl::FailedPreconditionError(absl::StrFormat(
+        "UlyssesAttention::Backward: called with B=%d T=%d C=%d NH=%d but prepared for B=%d T=%d "
+        "C=%d NH=%d",
+        call.B, call.T, call.C, call.NH, B_, local_T(), C_, NH_));
   }
   const int64_t B = B_, T = T_, Tr = local_T(), C = C_, Cr = HeadCols(r_), NHr = heads_[r_];
   Heads& h = HeadsOf(call.layer);

@@ -301,6 +301,14 @@ sequence)
   [ $rc = 2 ] && echo "$out" | grep -q "train.seq_len = 3" || fail "T < P: rc $rc: $out"
   out=$($MPIRUN -np 2 "$TRAINER" "$JOB" "${DATA[@]}" "${J[@]}" --set parallel.sequence=3 2>&1); rc=$?
   [ $rc = 2 ] && echo "$out" | grep -q "parallel.sequence" || fail "3 sequence ranks of 2: rc $rc: $out"
+  # A model from a file whose max_seq_len the sequence would exceed: refused on every rank (each
+  # rank prepares only its share of T, which must not hide it).
+  $TRAINER "$JOB" "${DATA[@]}" "${J[@]}" --quiet --set train.steps=1 --set checkpoint.dir="$W/m" \
+    || fail "model for init_from"
+  out=$($MPIRUN -np 2 "$TRAINER" "$JOB" "${DATA[@]}" --set model.init_from="$W/m/step_00000001" \
+        --set parallel.sequence=2 --set train.seq_len=96 2>&1); rc=$?
+  [ $rc = 2 ] && echo "$out" | grep -q "train.seq_len = 96 exceeds the model's max_seq_len = 64" \
+    || fail "seq_len beyond an init_from model's max_seq_len: rc $rc: $out"
   echo "sequence: 2, 3, 4 ranks, keep off, recompute and data=2 x sequence=2 match; resume is bit-identical"
   ;;
 dp)
