@@ -11,6 +11,7 @@
 #include <string>
 #include <vector>
 
+#include "bench/bench_shapes.h"
 #include "core/engine.h"
 #include "core/model/gpt2.h"
 #include "core/philox.h"
@@ -67,16 +68,7 @@ int main(int argc, char** argv) {
     if (std::strcmp(argv[i], "--T") == 0) T = std::atoi(argv[i + 1]);
   }
   const int threads = core::InitThreads();
-  core::GPT2Config cfg = shape == "small" ? core::GPT2Config{.max_seq_len = 256,
-                                                             .vocab_size = 256,
-                                                             .n_layer = 4,
-                                                             .n_head = 4,
-                                                             .n_embd = 256}
-                                          : core::GPT2Config{.max_seq_len = 1024,
-                                                             .vocab_size = 50257,
-                                                             .n_layer = 12,
-                                                             .n_head = 12,
-                                                             .n_embd = 768};
+  core::GPT2Config cfg = bench::BenchShape(shape);
   std::vector<std::pair<int, int>> shapes;
   if (B > 0 && T > 0) {
     shapes.push_back({B, T});

@@ -15,6 +15,7 @@
 #include <string>
 #include <vector>
 
+#include "bench/bench_shapes.h"
 #include "core/allocator.h"
 #include "core/backend.h"
 #include "core/engine.h"
@@ -153,16 +154,7 @@ int main(int argc, char** argv) {
     if (std::strcmp(argv[i], "--steps") == 0) steps = std::max(1, std::atoi(argv[i + 1]));
   }
   const int threads = core::InitThreads();
-  const core::GPT2Config cfg = shape == "small" ? core::GPT2Config{.max_seq_len = 256,
-                                                                   .vocab_size = 256,
-                                                                   .n_layer = 4,
-                                                                   .n_head = 4,
-                                                                   .n_embd = 256}
-                                                : core::GPT2Config{.max_seq_len = 1024,
-                                                                   .vocab_size = 50257,
-                                                                   .n_layer = 12,
-                                                                   .n_head = 12,
-                                                                   .n_embd = 768};
+  const core::GPT2Config cfg = bench::BenchShape(shape);
   Batch b = MakeBatch(cfg, B, T);
   const int64_t params = core::GPT2::Create(cfg).value()->num_parameters();
   std::printf("%s, %lld parameters, B=%d T=%d, %d threads\n",
