@@ -88,8 +88,8 @@ absl::Status Engine::RunAfterForward(Pass pass, int stage, int lane) {
   for (StageHooks* h : hooks_) {
     if (h->role() != HookRole::kMemory) MT_RETURN_IF_ERROR(h->AfterForward(e));
   }
-  for (StageHooks* h : hooks_) {
-    if (h->role() == HookRole::kMemory) MT_RETURN_IF_ERROR(h->AfterForward(e));
+  for (auto it = hooks_.rbegin(); it != hooks_.rend(); ++it) {
+    if ((*it)->role() == HookRole::kMemory) MT_RETURN_IF_ERROR((*it)->AfterForward(e));
   }
   return absl::OkStatus();
 }
@@ -154,8 +154,8 @@ absl::Status Engine::RunReduced(int stage) {
       MT_RETURN_IF_ERROR(h->AfterBackward(e));
     }
   }
-  for (StageHooks* h : hooks_) {
-    if (h->role() == HookRole::kMemory) MT_RETURN_IF_ERROR(h->AfterBackward(e));
+  for (auto it = hooks_.rbegin(); it != hooks_.rend(); ++it) {
+    if ((*it)->role() == HookRole::kMemory) MT_RETURN_IF_ERROR((*it)->AfterBackward(e));
   }
   return absl::OkStatus();
 }
@@ -194,6 +194,7 @@ absl::Status Engine::Backward(const Batch& batch, float loss_scale) {
 
 void Engine::ZeroGrad() {
   for (int s = 0; s < model_->num_stages(); ++s) model_->block(s).ZeroGrad();
+  for (StageHooks* h : hooks_) h->OnZeroGrad();
 }
 
 void Engine::ReleaseGrads() {

@@ -7,7 +7,9 @@
 // Hook order is safe by construction. Each hook declares its role and the engine orders them,
 // whatever order they were added in (ties keep the order of AddHooks):
 //   kMemory            brings block storage in before anyone else sees the stage, and takes it
-//                      away after everyone (offload);
+//                      away after everyone (offload). Memory hooks nest: Before* in the order
+//                      they were added, After* in reverse (an offload window binds a block to
+//                      a device slot, a perturbation hook added after it binds it on top);
 //   kGradients         changes a block's gradients right after its backward (clipping per block,
 //                      masking): runs before any communication reads them;
 //   kCommunicate       starts collectives on the gradients (data parallel) and says, through
@@ -78,6 +80,9 @@ class StageHooks {
   virtual absl::Status AfterBackward(const StageEvent& e) { return absl::OkStatus(); }
   // kCommunicate hooks: blocks until what AfterBackward started for `stage` is done.
   virtual absl::Status WaitStage(int stage) { return absl::OkStatus(); }
+  // The engine's ZeroGrad: a hook that keeps gradients away from the blocks (offload) clears its
+  // own.
+  virtual void OnZeroGrad() {}
 };
 
 class Engine {

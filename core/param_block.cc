@@ -22,6 +22,7 @@ absl::StatusOr<ParamBlock> ParamBlock::Create(std::string name, int id,
     b.views_.push_back(std::move(v));
   }
   b.numel_ = offset;
+  b.device_ = device;
   MT_ASSIGN_OR_RETURN(b.params_, Tensor::Zeros({offset}, DType::kF32, MemoryTag::kParams, device));
   return b;
 }
@@ -55,16 +56,30 @@ Tensor ParamBlock::grad(absl::string_view name) const {
 }
 
 absl::Status ParamBlock::EnsureGrads() {
-  if (grads_.defined() || numel_ == 0) return absl::OkStatus();
+  if (grads_.defined() || numel_ == 0 || !backed_) return absl::OkStatus();
   MT_ASSIGN_OR_RETURN(grads_, Tensor::Zeros({numel_}, DType::kF32, MemoryTag::kGrads, device()));
   return absl::OkStatus();
 }
 
 void ParamBlock::ReleaseGrads() {
-  if (own_grads_bound_) {
-    UnbindGrads();
-  }
+  while (grads_bound()) UnbindGrads();
   grads_ = Tensor();
+}
+
+void ParamBlock::ReleaseStorage() {
+  MT_CHECK(!params_bound() && !grads_bound())
+      << "block " << name_ << ": ReleaseStorage with storage bound; unbind it first";
+  params_ = Tensor();
+  grads_ = Tensor();
+  backed_ = false;
+}
+
+absl::Status ParamBlock::AdoptParams(Tensor params) {
+  MT_RETURN_IF_ERROR(CheckStorage(params, "params"));
+  MT_CHECK(!params_bound()) << "block " << name_ << ": AdoptParams with params bound";
+  params_ = std::move(params);
+  backed_ = true;
+  return absl::OkStatus();
 }
 
 absl::Status ParamBlock::CheckStorage(const Tensor& t, const char* what) const {
@@ -78,30 +93,28 @@ absl::Status ParamBlock::CheckStorage(const Tensor& t, const char* what) const {
 
 absl::Status ParamBlock::BindParams(Tensor storage) {
   MT_RETURN_IF_ERROR(CheckStorage(storage, "params"));
-  if (!own_params_.defined()) own_params_ = params_;
+  params_stack_.push_back(std::move(params_));
   params_ = std::move(storage);
   return absl::OkStatus();
 }
 
 void ParamBlock::UnbindParams() {
-  if (!own_params_.defined()) return;
-  params_ = std::move(own_params_);
-  own_params_ = Tensor();
+  if (params_stack_.empty()) return;
+  params_ = std::move(params_stack_.back());
+  params_stack_.pop_back();
 }
 
 absl::Status ParamBlock::BindGrads(Tensor storage) {
   MT_RETURN_IF_ERROR(CheckStorage(storage, "grads"));
-  if (!own_grads_bound_) own_grads_ = grads_;
-  own_grads_bound_ = true;
+  grads_stack_.push_back(std::move(grads_));
   grads_ = std::move(storage);
   return absl::OkStatus();
 }
 
 void ParamBlock::UnbindGrads() {
-  if (!own_grads_bound_) return;
-  grads_ = std::move(own_grads_);
-  own_grads_ = Tensor();
-  own_grads_bound_ = false;
+  if (grads_stack_.empty()) return;
+  grads_ = std::move(grads_stack_.back());
+  grads_stack_.pop_back();
 }
 
 absl::Status ParamBlock::SetMask(Tensor mask) {

@@ -51,7 +51,8 @@ class ParamBlock {
   // Position of the block in its model; also the Philox stream of anything drawn per block.
   int id() const { return id_; }
   int64_t numel() const { return numel_; }
-  Device device() const { return params_.device(); }
+  // Where the current params live (the block's own device when nothing holds them).
+  Device device() const { return params_.defined() ? params_.device() : device_; }
 
   const Tensor& params() const { return params_; }  // flat (numel)
   // Flat (numel); undefined until EnsureGrads (or BindGrads).
@@ -77,13 +78,25 @@ class ParamBlock {
 
   // ---- storage binding ----
   // Makes the block read and write `storage` (f32, numel elements, any device) instead of its
-  // own params until UnbindParams. The block's own buffer is kept (not copied either way).
+  // current params until UnbindParams. The buffer it replaces is kept (not copied either way).
+  // Bindings nest: an offload window binds a block to a device slot, a zeroth-order hook binds
+  // it on top to a perturbed copy, and each Unbind returns to the binding below.
   absl::Status BindParams(Tensor storage);
   void UnbindParams();
-  bool params_bound() const { return own_params_.defined(); }
+  bool params_bound() const { return !params_stack_.empty(); }
   absl::Status BindGrads(Tensor storage);
   void UnbindGrads();
-  bool grads_bound() const { return own_grads_bound_; }
+  bool grads_bound() const { return !grads_stack_.empty(); }
+
+  // ---- storage that lives elsewhere (offload) ----
+  // Frees the block's own params and gradients: its values live in a tier store, and it has
+  // storage only while something binds it (params and grads both undefined otherwise). Then
+  // EnsureGrads is a no-op, since gradients also come through BindGrads. Call with nothing bound.
+  void ReleaseStorage();
+  // Gives a released block own params again (f32, numel, on the block's device); InvalidArgument
+  // for the wrong size.
+  absl::Status AdoptParams(Tensor params);
+  bool backed() const { return backed_; }
 
   // ---- pruning mask ----
   // u8 (numel) on the params' device, 1 = keep, 0 = pruned; zeroes the pruned params at once.
@@ -103,9 +116,10 @@ class ParamBlock {
   int64_t numel_ = 0;
   Tensor params_;
   Tensor grads_;
-  Tensor own_params_;  // the block's own params while params_ is bound elsewhere
-  Tensor own_grads_;   // likewise for grads (may be undefined: lazy)
-  bool own_grads_bound_ = false;
+  Device device_;
+  bool backed_ = true;                // false after ReleaseStorage
+  std::vector<Tensor> params_stack_;  // what each BindParams replaced (innermost last)
+  std::vector<Tensor> grads_stack_;   // likewise for grads (may hold undefined: lazy)
   Tensor mask_;
   std::vector<ParamView> views_;
 };

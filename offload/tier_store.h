@@ -50,6 +50,13 @@ class HostStore : public TierStore {
   int64_t num_blocks() const override { return static_cast<int64_t>(blocks_.size()); }
   int64_t block_bytes(int64_t block_id) const override { return blocks_[block_id].bytes; }
   std::string Describe() const override;
+  // The block's memory, for updating it in place (only in a store without checksums, where no
+  // CRC would go stale); marks it written.
+  void* data(int64_t block_id) {
+    blocks_[block_id].written = true;
+    return blocks_[block_id].data.get();
+  }
+  bool checksum() const { return checksum_; }
 
  private:
   struct Block {

@@ -25,19 +25,17 @@ absl::Status AdamWConfig::Validate() const {
 }
 
 absl::StatusOr<std::unique_ptr<AdamW>> AdamW::Create(core::Model* model, AdamWConfig config,
-                                                     DecayPolicy decay) {
+                                                     DecayPolicy decay, StateAllocation state) {
   MT_RETURN_IF_ERROR(CheckModel(model));
   MT_RETURN_IF_ERROR(config.Validate());
   std::unique_ptr<AdamW> opt(new AdamW(model, config, std::move(decay)));
-  MT_ASSIGN_OR_RETURN(opt->m_, opt->ZeroState(core::DType::kF32));
-  MT_ASSIGN_OR_RETURN(opt->v_, opt->ZeroState(core::DType::kF32));
+  if (state == StateAllocation::kNow) MT_RETURN_IF_ERROR(opt->AllocateState());
   return opt;
 }
 
-void AdamW::StepBlock(int stage, float grad_scale) {
-  const core::ParamBlock& b = model_->block(stage);
-  if (!b.grads().defined()) return;  // no backward has reached this block
-  core::Backend& backend = core::BackendFor(b.device());
+void AdamW::UpdateRange(const BlockRange& r, float grad_scale) {
+  core::Backend& backend = core::BackendFor(r.device);
+  const core::ExecContext ctx = ContextFor(r.device);
   const float t = static_cast<float>(step_);  // 1-based after BeginStep
   core::AdamWCoeffs c{.lr = lr_,
                       .beta1 = config_.beta1,
@@ -47,16 +45,15 @@ void AdamW::StepBlock(int stage, float grad_scale) {
                       .bias_correction1 = 1.0f - std::pow(config_.beta1, t),
                       .bias_correction2 = 1.0f - std::pow(config_.beta2, t),
                       .llmc_order = config_.variant == AdamWVariant::kLlmc};
-  const uint8_t* mask = Mask(stage);
-  ForEachDecayRange(stage, [&](int64_t off, int64_t n, bool decay) {
+  const uint8_t* mask = Mask(r.stage);
+  float* m = static_cast<float*>(r.state[0]);
+  float* v = static_cast<float*>(r.state[1]);
+  ForEachDecayRange(r.stage, r.begin, r.begin + r.count, [&](int64_t off, int64_t n, bool decay) {
     c.weight_decay = decay ? config_.weight_decay : 0.0f;
-    backend.AdamWUpdate(ctx_, b.params().f32() + off, b.grads().f32() + off, m_[stage].f32() + off,
-                        v_[stage].f32() + off, n, c, grad_scale, mask ? mask + off : nullptr);
+    const int64_t i = off - r.begin;
+    backend.AdamWUpdate(ctx, r.params + i, r.grads + i, m + i, v + i, n, c, grad_scale,
+                        mask ? mask + off : nullptr);
   });
-}
-
-std::vector<std::pair<std::string, core::Tensor>> AdamW::State(int stage) const {
-  return {{"m", m_[stage]}, {"v", v_[stage]}};
 }
 
 }  // namespace memtrain::optim

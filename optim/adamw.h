@@ -33,21 +33,22 @@ struct AdamWConfig {
 
 class AdamW : public Optimizer {
  public:
-  // Validates the config, then allocates zero-filled m and v.
-  static absl::StatusOr<std::unique_ptr<AdamW>> Create(core::Model* model, AdamWConfig config,
-                                                       DecayPolicy decay = {});
+  // Validates the config, then allocates zero-filled m and v (unless kLater).
+  static absl::StatusOr<std::unique_ptr<AdamW>> Create(
+      core::Model* model, AdamWConfig config, DecayPolicy decay = {},
+      StateAllocation state = StateAllocation::kNow);
   const char* name() const override { return "adamw"; }
   const AdamWConfig& config() const { return config_; }
-  void StepBlock(int stage, float grad_scale) override;
-  std::vector<std::pair<std::string, core::Tensor>> State(int stage) const override;
-  const core::Tensor& m(int stage) const { return m_[stage]; }
-  const core::Tensor& v(int stage) const { return v_[stage]; }
+  const core::Tensor& m(int stage) const { return state_[stage][0]; }
+  const core::Tensor& v(int stage) const { return state_[stage][1]; }
 
  private:
   AdamW(core::Model* model, AdamWConfig config, DecayPolicy decay)
-      : Optimizer(model, config.lr, std::move(decay)), config_(config) {}
+      : Optimizer(model, config.lr, std::move(decay)), config_(config) {
+    DeclareState({"m", "v"}, core::DType::kF32);
+  }
+  void UpdateRange(const BlockRange& r, float grad_scale) override;
   AdamWConfig config_;
-  std::vector<core::Tensor> m_, v_;  // per block, flat
 };
 
 }  // namespace memtrain::optim

@@ -25,42 +25,37 @@ absl::Status LionConfig::Validate() const {
 }
 
 absl::StatusOr<std::unique_ptr<Lion>> Lion::Create(core::Model* model, LionConfig config,
-                                                   DecayPolicy decay) {
+                                                   DecayPolicy decay, StateAllocation state) {
   MT_RETURN_IF_ERROR(CheckModel(model));
   MT_RETURN_IF_ERROR(config.Validate());
   std::unique_ptr<Lion> opt(new Lion(model, config, std::move(decay)));
-  MT_ASSIGN_OR_RETURN(
-      opt->m_, opt->ZeroState(config.bf16_momentum ? core::DType::kBF16 : core::DType::kF32));
+  if (state == StateAllocation::kNow) MT_RETURN_IF_ERROR(opt->AllocateState());
   return opt;
 }
 
-void Lion::StepBlock(int stage, float grad_scale) {
-  const core::ParamBlock& b = model_->block(stage);
-  if (!b.grads().defined()) return;  // no backward has reached this block
-  core::Backend& backend = core::BackendFor(b.device());
+void Lion::UpdateRange(const BlockRange& r, float grad_scale) {
+  core::Backend& backend = core::BackendFor(r.device);
+  const core::ExecContext ctx = ContextFor(r.device);
   core::LionCoeffs c{.lr = lr_,
                      .beta1 = config_.beta1,
                      .beta2 = config_.beta2,
                      .weight_decay = 0.0f,
                      .tanh_direction = config_.direction == LionDirection::kTanh,
                      .tau = config_.tau};
-  const core::Tensor& m = m_[stage];
-  const uint8_t* mask = Mask(stage);
-  ForEachDecayRange(stage, [&](int64_t off, int64_t n, bool decay) {
+  const uint8_t* mask = Mask(r.stage);
+  ForEachDecayRange(r.stage, r.begin, r.begin + r.count, [&](int64_t off, int64_t n, bool decay) {
     c.weight_decay = decay ? config_.weight_decay : 0.0f;
-    float* p = b.params().f32() + off;
-    const float* g = b.grads().f32() + off;
+    const int64_t i = off - r.begin;
+    float* p = r.params + i;
+    const float* g = r.grads + i;
     const uint8_t* k = mask ? mask + off : nullptr;
-    if (m.dtype() == core::DType::kBF16) {
-      backend.LionUpdateBf16(ctx_, p, g, m.u16() + off, n, c, grad_scale, k);
+    if (state_dtype_ == core::DType::kBF16) {
+      backend.LionUpdateBf16(ctx, p, g, static_cast<uint16_t*>(r.state[0]) + i, n, c, grad_scale,
+                             k);
     } else {
-      backend.LionUpdate(ctx_, p, g, m.f32() + off, n, c, grad_scale, k);
+      backend.LionUpdate(ctx, p, g, static_cast<float*>(r.state[0]) + i, n, c, grad_scale, k);
     }
   });
-}
-
-std::vector<std::pair<std::string, core::Tensor>> Lion::State(int stage) const {
-  return {{"m", m_[stage]}};
 }
 
 }  // namespace memtrain::optim

@@ -35,19 +35,20 @@ struct LionConfig {
 
 class Lion : public Optimizer {
  public:
-  // Validates the config, then allocates the zero-filled momentum.
-  static absl::StatusOr<std::unique_ptr<Lion>> Create(core::Model* model, LionConfig config,
-                                                      DecayPolicy decay = {});
+  // Validates the config, then allocates the zero-filled momentum (unless kLater).
+  static absl::StatusOr<std::unique_ptr<Lion>> Create(
+      core::Model* model, LionConfig config, DecayPolicy decay = {},
+      StateAllocation state = StateAllocation::kNow);
   const char* name() const override { return "lion"; }
   const LionConfig& config() const { return config_; }
-  void StepBlock(int stage, float grad_scale) override;
-  std::vector<std::pair<std::string, core::Tensor>> State(int stage) const override;
 
  private:
   Lion(core::Model* model, LionConfig config, DecayPolicy decay)
-      : Optimizer(model, config.lr, std::move(decay)), config_(config) {}
+      : Optimizer(model, config.lr, std::move(decay)), config_(config) {
+    DeclareState({"m"}, config.bf16_momentum ? core::DType::kBF16 : core::DType::kF32);
+  }
+  void UpdateRange(const BlockRange& r, float grad_scale) override;
   LionConfig config_;
-  std::vector<core::Tensor> m_;  // per block, flat, f32 or bf16
 };
 
 }  // namespace memtrain::optim

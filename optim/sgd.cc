@@ -23,38 +23,31 @@ absl::Status SgdConfig::Validate() const {
 }
 
 absl::StatusOr<std::unique_ptr<Sgd>> Sgd::Create(core::Model* model, SgdConfig config,
-                                                 DecayPolicy decay) {
+                                                 DecayPolicy decay, StateAllocation state) {
   MT_RETURN_IF_ERROR(CheckModel(model));
   MT_RETURN_IF_ERROR(config.Validate());
   std::unique_ptr<Sgd> opt(new Sgd(model, config, std::move(decay)));
-  if (config.momentum != 0.0f) {
-    MT_ASSIGN_OR_RETURN(opt->buf_, opt->ZeroState(core::DType::kF32));
-  }
+  if (state == StateAllocation::kNow) MT_RETURN_IF_ERROR(opt->AllocateState());
   return opt;
 }
 
-void Sgd::StepBlock(int stage, float grad_scale) {
-  const core::ParamBlock& b = model_->block(stage);
-  if (!b.grads().defined()) return;  // no backward has reached this block
-  core::Backend& backend = core::BackendFor(b.device());
+void Sgd::UpdateRange(const BlockRange& r, float grad_scale) {
+  core::Backend& backend = core::BackendFor(r.device);
+  const core::ExecContext ctx = ContextFor(r.device);
   core::SgdCoeffs c{.lr = lr_,
                     .momentum = config_.momentum,
                     .dampening = config_.dampening,
                     .weight_decay = 0.0f,
                     .nesterov = config_.nesterov,
                     .first_step = step_ == 1};
-  float* buf = buf_.empty() ? nullptr : buf_[stage].f32();
-  const uint8_t* mask = Mask(stage);
-  ForEachDecayRange(stage, [&](int64_t off, int64_t n, bool decay) {
+  float* buf = r.state.empty() ? nullptr : static_cast<float*>(r.state[0]);
+  const uint8_t* mask = Mask(r.stage);
+  ForEachDecayRange(r.stage, r.begin, r.begin + r.count, [&](int64_t off, int64_t n, bool decay) {
     c.weight_decay = decay ? config_.weight_decay : 0.0f;
-    backend.SgdUpdate(ctx_, b.params().f32() + off, b.grads().f32() + off,
-                      buf ? buf + off : nullptr, n, c, grad_scale, mask ? mask + off : nullptr);
+    const int64_t i = off - r.begin;
+    backend.SgdUpdate(ctx, r.params + i, r.grads + i, buf ? buf + i : nullptr, n, c, grad_scale,
+                      mask ? mask + off : nullptr);
   });
-}
-
-std::vector<std::pair<std::string, core::Tensor>> Sgd::State(int stage) const {
-  if (buf_.empty()) return {};
-  return {{"momentum_buffer", buf_[stage]}};
 }
 
 }  // namespace memtrain::optim

@@ -28,19 +28,24 @@ struct SgdConfig {
 
 class Sgd : public Optimizer {
  public:
-  // Validates the config, then allocates the zero-filled momentum buffer (if momentum > 0).
+  // Validates the config, then allocates the zero-filled momentum buffer (if momentum > 0;
+  // unless kLater).
   static absl::StatusOr<std::unique_ptr<Sgd>> Create(core::Model* model, SgdConfig config,
-                                                     DecayPolicy decay = {});
+                                                     DecayPolicy decay = {},
+                                                     StateAllocation state = StateAllocation::kNow);
   const char* name() const override { return "sgd"; }
   const SgdConfig& config() const { return config_; }
-  void StepBlock(int stage, float grad_scale) override;
-  std::vector<std::pair<std::string, core::Tensor>> State(int stage) const override;
 
  private:
   Sgd(core::Model* model, SgdConfig config, DecayPolicy decay)
-      : Optimizer(model, config.lr, std::move(decay)), config_(config) {}
+      : Optimizer(model, config.lr, std::move(decay)), config_(config) {
+    if (config.momentum != 0.0f)
+      DeclareState({"momentum_buffer"}, core::DType::kF32);
+    else
+      DeclareState({}, core::DType::kF32);
+  }
+  void UpdateRange(const BlockRange& r, float grad_scale) override;
   SgdConfig config_;
-  std::vector<core::Tensor> buf_;  // per block, flat; empty without momentum
 };
 
 }  // namespace memtrain::optim

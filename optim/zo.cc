@@ -229,29 +229,34 @@ ZoStepResult ZoSgd::Finish(uint64_t step_seed, const std::vector<double>& lane_l
   return r;
 }
 
-void ZoSgd::StepBlock(int stage, float) {
+void ZoSgd::UpdateRange(const BlockRange& r, float) {
   const double lr = lr_;
-  core::ParamBlock& b = model_->block(stage);
-  const int64_t n = b.numel();
-  if (n == 0 || lr == 0.0 || g_.empty()) return;
-  core::Backend& be = core::BackendFor(b.device());
-  float* theta = b.params().f32();
+  if (lr == 0.0 || g_.empty()) return;
+  const core::ParamBlock& b = model_->block(r.stage);
+  core::Backend& be = core::BackendFor(r.device);
+  const core::ExecContext ctx = ContextFor(r.device);
+  float* theta = r.params;
   // theta -= lr * wd * theta on the decayed views (the old theta: before the noise terms).
   if (config_.weight_decay > 0) {
     const float a = static_cast<float>(-lr * config_.weight_decay);
-    ForEachDecayRange(stage, [&](int64_t off, int64_t count, bool decay) {
-      if (decay) be.Axpy(ctx_, theta + off, a, theta + off, count);
-    });
+    ForEachDecayRange(r.stage, r.begin, r.begin + r.count,
+                      [&](int64_t off, int64_t count, bool decay) {
+                        const int64_t i = off - r.begin;
+                        if (decay) be.Axpy(ctx, theta + i, a, theta + i, count);
+                      });
   }
-  // theta -= lr / q * sum_i c_i z_i, c_i = g_i or sign(g_i); z regenerated per sample, on the fly.
+  // theta -= lr / q * sum_i c_i z_i, c_i = g_i or sign(g_i); z regenerated per sample, on the fly
+  // (element e of the block draws index e of its stream, whatever range holds it).
   const int q = static_cast<int>(g_.size());
   for (int i = 0; i < q; ++i) {
     const double c = config_.sign ? static_cast<double>((g_[i] > 0) - (g_[i] < 0)) : g_[i];
     if (c == 0.0) continue;
-    be.AddNormal(ctx_, theta, theta, n, seed_, ZoStream(b.id(), i), 0,
-                 static_cast<float>(-lr * c / q));
+    be.AddNormal(ctx, theta, theta, r.count, seed_, ZoStream(b.id(), i),
+                 static_cast<uint64_t>(r.begin), static_cast<float>(-lr * c / q));
   }
-  if (b.has_mask()) b.ApplyMask();
+  if (b.has_mask()) {
+    be.ApplyMask(ctx, theta, static_cast<const uint8_t*>(b.mask().raw()) + r.begin, r.count);
+  }
 }
 
 }  // namespace memtrain::optim

@@ -123,14 +123,16 @@ class ZoSgd final : public Optimizer {
                                                    uint64_t step_seed);
   ZoStepResult Finish(uint64_t step_seed, const std::vector<double>& lane_losses);
   using Optimizer::Step;
-  void StepBlock(int stage, float grad_scale) override;
-  std::vector<std::pair<std::string, core::Tensor>> State(int stage) const override { return {}; }
+  bool needs_grads() const override { return false; }
 
   const ZoConfig& config() const { return config_; }
 
  private:
   ZoSgd(core::Model* model, ZoConfig config, DecayPolicy decay)
-      : Optimizer(model, config.lr, std::move(decay)), config_(config) {}
+      : Optimizer(model, config.lr, std::move(decay)), config_(config) {
+    DeclareState({}, core::DType::kF32);
+  }
+  void UpdateRange(const BlockRange& r, float grad_scale) override;
 
   ZoConfig config_;
   std::unique_ptr<ZoPerturbation> perturb_;
