@@ -8,6 +8,7 @@
 #include <memory>
 #include <vector>
 
+#include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "launcher/loop.h"
 #include "parallel/data_parallel.h"
@@ -88,7 +89,7 @@ class BackpropStrategy : public LoopStrategy {
     // read of the gradients), as a NaN or infinity in any gradient makes it non-finite. Every
     // rank sees the same loss and norm, so all take the same decision below.
     const float clip = job_.optimizer().clip_grad_norm();
-    const double grad_norm = optim::GlobalGradNorm(*s.model);
+    const double grad_norm = s.streamer ? s.streamer->GradNorm() : optim::GlobalGradNorm(*s.model);
     StepResult r;
     r.loss = loss;
     auto name = [](double v) { return std::isnan(v) ? "nan" : v > 0 ? "inf" : "-inf"; };
@@ -99,10 +100,12 @@ class BackpropStrategy : public LoopStrategy {
     } else {
       MT_RETURN_IF_ERROR(s.opt->set_lr(lr));
       s.opt->Step(optim::ClipScale(grad_norm, clip));
+      if (s.streamer) MT_RETURN_IF_ERROR(s.streamer->status());
     }
     s.state.batches_consumed = s.train->batches_consumed();
     r.json_fields = absl::StrFormat(R"(, "comm_wait_ms": %.3f, "grad_norm": %s)", wait_ms,
                                     JsonNumber(grad_norm, "%.6g"));
+    absl::StrAppend(&r.json_fields, OffloadFields(s, &offload_last_));
     if (s.ulysses) {  // this rank's all-to-all traffic over the step, per layer
       const parallel::AllToAllCounters& a = s.ulysses->counters();
       const int64_t L = s.model->config().n_layer;
@@ -123,6 +126,7 @@ class BackpropStrategy : public LoopStrategy {
   std::unique_ptr<parallel::DataParallelHooks> ddp_;
   std::vector<int32_t> inputs_, targets_;
   std::vector<int32_t> local_inputs_, local_targets_;  // this sequence rank's tokens
+  offload::StreamerStats offload_last_;
 };
 
 }  // namespace

@@ -28,6 +28,7 @@
 #include "launcher/make_optimizer.h"
 #include "launcher/reporter.h"
 #include "launcher/train.h"
+#include "offload/streamer.h"
 #include "optim/optimizer.h"
 #include "parallel/process_grid.h"
 #include "parallel/ulysses.h"
@@ -51,6 +52,9 @@ struct Setup {
   std::optional<core::TokenFile> train_tokens, val_tokens;
   std::optional<core::DataLoader> train, val;
   std::unique_ptr<optim::Optimizer> opt;
+  // With offload { tier: HOST|SSD }: the layer streamer (declared after the model and the
+  // optimizer, so that it goes first). RunTraining adds it to the engine.
+  std::unique_ptr<offload::LayerStreamer> streamer;
   TrainState state;
 };
 
@@ -105,6 +109,17 @@ class LoopStrategy {
 std::unique_ptr<LoopStrategy> MakeBackpropStrategy(const Job& job);
 // Zeroth-order steps (optimizer.zo): forward-only lanes, no gradients (launcher/zo_step.cc).
 std::unique_ptr<LoopStrategy> MakeZoStrategy(const Job& job);
+
+// The offload counters of the steps since the last call, as metrics fields (", "offload_...":
+// ...); "" without offload.
+std::string OffloadFields(Setup& s, offload::StreamerStats* last);
+
+// offload.device_budget_mib: refuses a job whose device tensors (all allocated once the strategy
+// has started) exceed it, naming the smallest budget that works, then sets it.
+absl::Status ApplyDeviceBudget(const Job& job, Setup& s);
+
+// Saves a checkpoint of `s` (with offload, through host copies of the streamed blocks).
+absl::Status SaveSetup(const Job& job, Setup& s);
 
 }  // namespace memtrain::launcher
 

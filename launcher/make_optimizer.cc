@@ -52,7 +52,8 @@ absl::Status ValidateOptimizerSpec(const Optimizer& spec) {
 }
 
 absl::StatusOr<std::unique_ptr<optim::Optimizer>> MakeOptimizer(const Optimizer& spec,
-                                                                core::Model* model) {
+                                                                core::Model* model,
+                                                                optim::StateAllocation state) {
   optim::DecayPolicy decay{.decay_1d = spec.decay_1d(),
                            .no_decay = {spec.no_decay().begin(), spec.no_decay().end()}};
   absl::StatusOr<std::unique_ptr<optim::Optimizer>> opt;
@@ -63,11 +64,11 @@ absl::StatusOr<std::unique_ptr<optim::Optimizer>> MakeOptimizer(const Optimizer&
     return std::unique_ptr<optim::Optimizer>(std::move(*zo));
   }
   if (spec.has_lion()) {
-    opt = optim::Lion::Create(model, ToLionConfig(spec.lion()), decay);
+    opt = optim::Lion::Create(model, ToLionConfig(spec.lion()), decay, state);
   } else if (spec.has_sgd()) {
-    opt = optim::Sgd::Create(model, ToSgdConfig(spec.sgd()), decay);
+    opt = optim::Sgd::Create(model, ToSgdConfig(spec.sgd()), decay, state);
   } else {
-    opt = optim::AdamW::Create(model, ToAdamWConfig(spec.adamw()), decay);
+    opt = optim::AdamW::Create(model, ToAdamWConfig(spec.adamw()), decay, state);
   }
   if (!opt.ok()) return ToJobSpecNames(opt.status());
   return opt;

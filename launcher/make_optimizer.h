@@ -29,8 +29,10 @@ optim::ZoConfig ToZoConfig(const Zo& spec);
 absl::Status ValidateOptimizerSpec(const Optimizer& spec);
 
 // Lion, SGD or (the default) AdamW over `model`; errors name job-spec fields.
-absl::StatusOr<std::unique_ptr<optim::Optimizer>> MakeOptimizer(const Optimizer& spec,
-                                                                core::Model* model);
+// kLater: no state yet (offload binds it where it keeps it).
+absl::StatusOr<std::unique_ptr<optim::Optimizer>> MakeOptimizer(
+    const Optimizer& spec, core::Model* model,
+    optim::StateAllocation state = optim::StateAllocation::kNow);
 
 // The bytes of optimizer state (tag kOptimizer) MakeOptimizer allocates for a model of
 // `num_parameters`: AdamW m and v in fp32 (8 per parameter), Lion's momentum in fp32 or bf16 (4

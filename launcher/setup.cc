@@ -6,6 +6,7 @@
 #include "absl/strings/str_format.h"
 #include "core/allocator.h"
 #include "core/cuda.h"
+#include "launcher/field_names.h"
 #include "launcher/loop.h"
 #include "launcher/make_optimizer.h"
 #include "launcher/spec.h"
@@ -195,11 +196,64 @@ absl::Status BuildSetup(const Job& job, const TrainOptions& options, int data_ra
   MT_RETURN_IF_ERROR(OpenData(job, vocab, data_rank, data_size, s));
   s->train->Seek(s->state.batches_consumed);
 
-  MT_ASSIGN_OR_RETURN(s->opt, MakeOptimizer(job.optimizer(), s->model.get()));
+  const Offload& off = job.offload();
+  const bool offload = off.tier() != Offload::NONE;
+  MT_ASSIGN_OR_RETURN(
+      s->opt, MakeOptimizer(job.optimizer(), s->model.get(),
+                            offload && off.optimizer_on_host() ? optim::StateAllocation::kLater
+                                                               : optim::StateAllocation::kNow));
+  if (offload) {
+    offload::StreamerOptions so;
+    so.tier = off.tier() == Offload::SSD ? offload::Tier::kSsd : offload::Tier::kHost;
+    so.ssd_path = off.ssd_path();
+    so.rank = data_rank;
+    so.io_engine = off.io_engine() == Offload::THREADS ? offload::IoEngine::kThreads
+                                                       : offload::IoEngine::kUring;
+    so.queue_depth = off.queue_depth();
+    so.resident_blocks = off.resident_blocks();
+    so.swap_batch = off.swap_batch();
+    so.prefetch_depth = off.prefetch_depth();
+    so.optimizer_on_host = off.optimizer_on_host();
+    so.gradients = !job.optimizer().has_zo();
+    so.piece_bytes = static_cast<int64_t>(off.piece_mib()) << 20;
+    absl::StatusOr<std::unique_ptr<offload::LayerStreamer>> streamer =
+        offload::LayerStreamer::Create(s->model.get(), s->opt.get(), so);
+    if (!streamer.ok()) return ToJobSpecNames(streamer.status());
+    s->streamer = std::move(*streamer);
+  }
   if (ckpt) {
-    MT_RETURN_IF_ERROR(RestoreOptimizer(*ckpt, *s->model, s->opt.get()));
+    if (s->streamer) MT_RETURN_IF_ERROR(s->streamer->BindHostCopies());
+    absl::Status restored = RestoreOptimizer(*ckpt, *s->model, s->opt.get());
+    if (s->streamer) restored.Update(s->streamer->UnbindHostCopies(/*write_back=*/true));
+    MT_RETURN_IF_ERROR(restored);
   }
   s->state.job_text = JobToText(job);
+  return absl::OkStatus();
+}
+
+}  // namespace memtrain::launcher
+
+namespace memtrain::launcher {
+
+absl::Status ApplyDeviceBudget(const Job& job, Setup& s) {
+  const Offload& off = job.offload();
+  if (off.tier() == Offload::NONE || off.device_budget_mib() <= 0) return absl::OkStatus();
+  // Everything the device holds is allocated by now (resident blocks, the window, activations,
+  // scratch): the budget must hold it, and then limits the run.
+  const core::Device device = s.model->block(0).device();
+  const int64_t budget = static_cast<int64_t>(off.device_budget_mib()) << 20;
+  const core::MemoryStats m = core::GetMemoryStats(device);
+  const int64_t need_mib = (m.current + (1 << 20) - 1) >> 20;
+  if (m.current > budget) {
+    return absl::ResourceExhaustedError(absl::StrFormat(
+        "offload.device_budget_mib = %d is too small: this job needs %d MiB on the device (%s of "
+        "window for offload.resident_blocks = %d, the embedding and head, activations and "
+        "scratch); the smallest budget that works is offload.device_budget_mib: %d; or lower "
+        "offload.resident_blocks or train.batch_size",
+        off.device_budget_mib(), need_mib, FormatBytes(s.streamer->window_bytes()),
+        off.resident_blocks(), need_mib));
+  }
+  core::SetMemoryBudget(device, budget);
   return absl::OkStatus();
 }
 

@@ -106,9 +106,11 @@ absl::Status RunTraining(const Job& job, const TrainOptions& options,
                                                                      : optim::Decay::kConstant,
                           .min_ratio = sch.min_lr_ratio()};
   core::Engine engine(s.model.get());
+  if (s.streamer) engine.AddHooks(s.streamer.get());  // first of the memory hooks
   for (core::StageHooks* h : options.hooks) engine.AddHooks(h);
   LoopContext ctx{job, options, grid, s, engine};
   MT_RETURN_IF_ERROR(AgreeOnStatus(world, strategy->Start(ctx)));
+  MT_RETURN_IF_ERROR(AgreeOnStatus(world, ApplyDeviceBudget(job, s)));
   // Set up on every rank: from here on the job's own watchdog timeout.
   parallel::SetCollectiveTimeout(job.parallel().collective_timeout_s());
   const int64_t tokens_per_step = strategy->tokens_per_step();
@@ -243,10 +245,9 @@ absl::Status RunTraining(const Job& job, const TrainOptions& options,
     if (!c.dir().empty() &&
         ((c.every() > 0 && (step + 1) % c.every() == 0) || final_step || stopping)) {
       // Rank 0 saves; a metrics write error stops the run before the save.
-      absl::Status saved = rank != 0 ? absl::OkStatus()
-                           : !report.status().ok()
-                               ? report.status()
-                               : SaveCheckpoint(c.dir(), c.keep(), s.state, *s.model, *s.opt);
+      absl::Status saved = rank != 0               ? absl::OkStatus()
+                           : !report.status().ok() ? report.status()
+                                                   : SaveSetup(job, s);
       MT_RETURN_IF_ERROR(AgreeOnStatus(world, saved));
       if (rank == 0) {
         report.Line(absl::StrFormat("step %d/%d | checkpoint %s/step_%08d", step + 1, t.steps(),
@@ -280,6 +281,27 @@ absl::Status RunTraining(const Job& job, const TrainOptions& options,
   }
   // The metrics file is complete only if its last writes and its close succeeded.
   return AgreeOnStatus(world, rank == 0 ? report.Close() : absl::OkStatus());
+}
+
+absl::Status SaveSetup(const Job& job, Setup& s) {
+  const Checkpoint& c = job.checkpoint();
+  if (!s.streamer) return SaveCheckpoint(c.dir(), c.keep(), s.state, *s.model, *s.opt);
+  // The streamed blocks and the state on the tier, seen as host tensors for the save.
+  MT_RETURN_IF_ERROR(s.streamer->BindHostCopies());
+  absl::Status saved = SaveCheckpoint(c.dir(), c.keep(), s.state, *s.model, *s.opt);
+  saved.Update(s.streamer->UnbindHostCopies(/*write_back=*/false));
+  return saved;
+}
+
+std::string OffloadFields(Setup& s, offload::StreamerStats* last) {
+  if (!s.streamer) return "";
+  const offload::StreamerStats now = s.streamer->stats();
+  std::string out = absl::StrFormat(
+      R"(, "offload_read_mib": %.1f, "offload_written_mib": %.1f, "offload_wait_ms": %.3f)",
+      (now.bytes_read - last->bytes_read) / 1048576.0,
+      (now.bytes_written - last->bytes_written) / 1048576.0, now.wait_ms - last->wait_ms);
+  *last = now;
+  return out;
 }
 
 }  // namespace memtrain::launcher

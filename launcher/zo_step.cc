@@ -6,6 +6,7 @@
 #include <memory>
 #include <vector>
 
+#include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "launcher/loop.h"
 #include "optim/zo.h"
@@ -41,7 +42,6 @@ class ZoStrategy : public LoopStrategy {
   absl::StatusOr<StepResult> Step(int64_t step, float lr, bool log) override {
     Setup& s = ctx_->setup;
     s.train->Next(inputs_.data(), targets_.data());
-    MT_RETURN_IF_ERROR(zo_->set_lr(lr));
     const core::Batch batch{inputs_.data(), targets_.data(), B_, T_};
     // `step` counts from 0 here; the seed is that of the 1-based step being taken.
     const uint64_t seed = optim::ZoStepSeed(job_.optimizer().zo().seed(), step);
@@ -61,6 +61,9 @@ class ZoStrategy : public LoopStrategy {
               .Wait());
       for (double& l : losses) l /= D_;
     }
+    // The learning rate is set only now: with offload the update of the previous step is applied
+    // to each block as it arrives in the forward above, with that step's learning rate.
+    MT_RETURN_IF_ERROR(zo_->set_lr(lr));
     const optim::ZoStepResult z = zo_->Finish(seed, losses);
     StepResult r;
     r.loss = z.loss();
@@ -75,6 +78,7 @@ class ZoStrategy : public LoopStrategy {
     r.json_fields = absl::StrFormat(R"(, "loss_plus": %s, "loss_minus": %s, "projected_grad": %s)",
                                     JsonNumber(z.loss_plus[0], "%.9g"),
                                     JsonNumber(z.loss_minus[0], "%.9g"), JsonNumber(g, "%.6g"));
+    absl::StrAppend(&r.json_fields, OffloadFields(s, &offload_last_));
     return r;
   }
 
@@ -86,6 +90,7 @@ class ZoStrategy : public LoopStrategy {
   optim::ZoSgd* zo_ = nullptr;
   int B_ = 0, T_ = 0, P_ = 1, D_ = 1;
   std::vector<int32_t> inputs_, targets_;
+  offload::StreamerStats offload_last_;
 };
 
 }  // namespace

@@ -45,6 +45,7 @@ void Optimizer::StepBlock(int stage, float grad_scale) {
                .count = b.numel(),
                .params = b.params().f32(),
                .grads = needs_grads() ? b.grads().f32() : nullptr,
+               .state = {},
                .device = b.device()};
   for (const core::Tensor& t : state_[stage]) {
     MT_CHECK(t.defined()) << name() << ": block " << b.name()

@@ -23,6 +23,10 @@
 #             10 + 10 steps with --resume are bit-identical to 20, bad zo fields are refused
 #   watchdog  mpirun -np 2 with one rank SIGSTOPped mid-run: the other reports the collective it
 #             waits for and the job ends with a non-zero exit within seconds, instead of hanging
+#   offload   offload { tier: HOST | SSD }: losses, weights and optimizer state bit-identical to
+#             the run without offload (several k, k', depths; Lion with the state on the device;
+#             data=2; zeroth-order), --resume of an SSD run bit-identical, no file left in
+#             ssd_path, a device budget too small refused naming the smallest that works
 #   signals   SIGTERM mid-run (one process, and both ranks of mpirun -np 2): a checkpoint after the
 #             step, exit 143, and --resume ends bit-identical to an uninterrupted run
 # Usage: trainer_test.sh BUILD_DIR SOURCE_DIR CASE
@@ -92,6 +96,71 @@ expect_bad() {  # expect_bad "message" command...
 }
 
 case $CASE in
+offload)
+  # 4 layers (2 stay resident: embedding and head), accumulation 2, eval every 5, checkpoints.
+  O=(--set model.gpt.n_layer=4 --quiet)
+  vals() { grep -o '"\(loss\|grad_norm\|val_loss\|loss_plus\|loss_minus\)": [^,}]*' "$1"; }
+  same_run() {  # same_run A B: metrics values and the last checkpoint identical
+    diff <(vals "$W/$1.jsonl") <(vals "$W/$2.jsonl") >/dev/null || fail "offload: $2 metrics differ from $1"
+    [ "$(vals "$W/$1.jsonl" | wc -l)" -gt 20 ] || fail "offload: $1 has too few metrics"
+    for f in model optimizer; do
+      cmp -s "$W/$1/step_00000020/$f.safetensors" "$W/$2/step_00000020/$f.safetensors" \
+        || fail "offload: $2 $f.safetensors differs from $1"
+    done
+  }
+  run() {  # run NAME [mpirun -np N] -- sets...
+    local name=$1; shift
+    "$@" --set checkpoint.dir="$W/$name" --set output.metrics="$W/$name.jsonl" \
+      || fail "offload run $name"
+  }
+  mkdir -p "$W/tier"
+  run base $TRAINER "$JOB" "${DATA[@]}" "${O[@]}"
+  run host $TRAINER "$JOB" "${DATA[@]}" "${O[@]}" --set offload.tier=HOST
+  same_run base host
+  grep -q '"offload_read_mib"' "$W/host.jsonl" || fail "offload: no offload fields in the metrics"
+  run ssd $TRAINER "$JOB" "${DATA[@]}" "${O[@]}" --set offload.tier=SSD \
+    --set offload.ssd_path="$W/tier" --set offload.resident_blocks=3 --set offload.swap_batch=2 \
+    --set offload.prefetch_depth=2 --set offload.piece_mib=1
+  same_run base ssd
+  [ -z "$(ls -A "$W/tier")" ] || fail "offload: files left in ssd_path: $(ls "$W/tier")"
+  # Resume an SSD run from step 10.
+  SSD=(--set offload.tier=SSD --set offload.ssd_path="$W/tier" --set offload.io_engine=THREADS)
+  run ssdr $TRAINER "$JOB" "${DATA[@]}" "${O[@]}" "${SSD[@]}" --stop_after 10
+  run ssdr $TRAINER "$JOB" "${DATA[@]}" "${O[@]}" "${SSD[@]}" --resume
+  diff <(vals "$W/base.jsonl") <(vals "$W/ssdr.jsonl" | grep -v xx) >/dev/null \
+    || fail "offload: resumed SSD run metrics differ"
+  for f in model optimizer; do
+    cmp -s "$W/base/step_00000020/$f.safetensors" "$W/ssdr/step_00000020/$f.safetensors" \
+      || fail "offload: resumed SSD run $f.safetensors differs"
+  done
+  # Lion with its state on the device.
+  LION=(--set optimizer.lion.lr=1e-3 --set optimizer.lion.weight_decay=0.5)
+  run lion $TRAINER "$JOB" "${DATA[@]}" "${O[@]}" "${LION[@]}"
+  run lionh $TRAINER "$JOB" "${DATA[@]}" "${O[@]}" "${LION[@]}" --set offload.tier=HOST \
+    --set offload.optimizer_on_host=false --set offload.swap_batch=2
+  same_run lion lionh
+  # Data parallelism.
+  run dp $MPIRUN -np 2 "$TRAINER" "$JOB" "${DATA[@]}" "${O[@]}" --set parallel.data=2
+  run dpo $MPIRUN -np 2 "$TRAINER" "$JOB" "${DATA[@]}" "${O[@]}" --set parallel.data=2 \
+    --set offload.tier=SSD --set offload.ssd_path="$W/tier"
+  same_run dp dpo
+  # Zeroth-order (ZO2: each block read once per step, its update applied when it arrives).
+  ZO=(--set train.grad_accum=1 --set optimizer.zo.samples=2 --set optimizer.zo.lr=1e-3)
+  run zo $TRAINER "$JOB" "${DATA[@]}" "${O[@]}" "${ZO[@]}"
+  run zoo $TRAINER "$JOB" "${DATA[@]}" "${O[@]}" "${ZO[@]}" --set offload.tier=HOST \
+    --set offload.resident_blocks=1 --set offload.prefetch_depth=0
+  same_run zo zoo
+  # A device budget too small: refused at start with the smallest that works, which works.
+  out=$($TRAINER "$JOB" "${DATA[@]}" "${O[@]}" --set offload.tier=HOST --set train.steps=2 \
+          --set model.gpt.n_embd=128 --set offload.device_budget_mib=2 2>&1)
+  [ $? = 2 ] || fail "offload: a budget too small was not refused: $out"
+  mib=$(echo "$out" | grep -o 'smallest budget that works is offload.device_budget_mib: [0-9]*' |
+        grep -o '[0-9]*$')
+  [ -n "$mib" ] || fail "offload: no smallest budget in: $out"
+  $TRAINER "$JOB" "${DATA[@]}" "${O[@]}" --set offload.tier=HOST --set train.steps=2 \
+    --set model.gpt.n_embd=128 --set offload.device_budget_mib="$mib" \
+    || fail "offload: the smallest budget ($mib MiB) it named does not work"
+  ;;
 zo)
   ZO=(--set train.grad_accum=1 --set optimizer.zo.samples=2 --set optimizer.zo.eps=1e-2)
   for n in 5 10; do
