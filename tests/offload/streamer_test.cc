@@ -10,6 +10,7 @@
 
 #include <cstring>
 #include <filesystem>
+#include <ostream>
 #include <memory>
 #include <string>
 #include <vector>
@@ -105,6 +106,8 @@ struct Case {
   float clip = 0.0f;
   bool eval = false;  // an evaluation forward between steps
 };
+
+void PrintTo(const Case& c, std::ostream* os) { *os << c.name; }
 
 // Trains `steps` steps with or without offload; backprop (or ZO for Opt::kZo).
 RunResult Train(const Case& c, bool offload, int steps = 4) {
