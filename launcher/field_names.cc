@@ -42,6 +42,13 @@ constexpr Name kNames[] = {
     {"GPT2Config::n_layer", "model.gpt.n_layer"},
     {"GPT2Config::n_head", "model.gpt.n_head"},
     {"GPT2Config::n_embd", "model.gpt.n_embd"},
+    {"StreamerOptions::ssd_path", "offload.ssd_path"},
+    {"StreamerOptions::resident_blocks", "offload.resident_blocks"},
+    {"StreamerOptions::swap_batch", "offload.swap_batch"},
+    {"StreamerOptions::prefetch_depth", "offload.prefetch_depth"},
+    {"StreamerOptions::queue_depth", "offload.queue_depth"},
+    // The job spec gives MiB (offload.piece_mib); the streamer's message gives the bytes.
+    {"StreamerOptions::piece_bytes", "offload.piece_mib"},
 };
 
 bool IsIdent(char c) { return std::isalnum(static_cast<unsigned char>(c)) || c == '_'; }

@@ -111,6 +111,69 @@ bool FileExists(const std::string& p) {
   return stat(p.c_str(), &st) == 0;
 }
 
+// The offload section (offload/streamer.h's StreamerOptions::Create rules, with job-spec names, so
+// a bad value is refused before anything is allocated). Only with a tier; without one, only a
+// device budget is refused (it applies to the offload window).
+absl::Status ValidateOffload(const Job& job) {
+  const Offload& o = job.offload();
+  if (o.tier() == Offload::NONE) {
+    if (o.device_budget_mib() != 0) {
+      return Bad("offload.device_budget_mib", absl::StrCat(o.device_budget_mib()),
+                 "applies only with an offload tier; set offload.tier to HOST or SSD, or leave "
+                 "it 0");
+    }
+    return absl::OkStatus();
+  }
+  const std::string tier = Offload::Tier_Name(o.tier());
+  if (job.train().device() == "cuda") {
+    return Bad("offload.tier", tier,
+               "offload on CUDA is not built yet; use train.device \"cpu\" (or offload.tier "
+               "NONE)");
+  }
+  if (job.parallel().sequence() > 1) {
+    return Bad("offload.tier", tier,
+               absl::StrFormat("offload does not run with sequence parallelism yet "
+                               "(parallel.sequence = %d); set parallel.sequence to 1 or "
+                               "offload.tier to NONE",
+                               job.parallel().sequence()));
+  }
+  if (o.tier() == Offload::SSD && o.ssd_path().empty()) {
+    return Bad("offload.ssd_path", "\"\"",
+               "the SSD tier needs a directory for each rank's file; give an existing directory "
+               "on a fast local drive");
+  }
+  const bool zo = job.optimizer().has_zo();
+  const int k = o.resident_blocks();
+  if (k < (zo ? 1 : 2)) {
+    return Bad("offload.resident_blocks", absl::StrCat(k),
+               zo ? "must be >= 1"
+                  : "must be >= 2 when training with gradients (a layer's gradient stays in its "
+                    "slot until its reduction, while the next layer's backward runs); raise it");
+  }
+  if (o.swap_batch() < 1 || o.swap_batch() > k) {
+    return Bad("offload.swap_batch", absl::StrCat(o.swap_batch()),
+               absl::StrFormat("must be in [1, offload.resident_blocks = %d]; lower it or raise "
+                               "resident_blocks",
+                               k));
+  }
+  if (o.prefetch_depth() < 0 || o.prefetch_depth() > k - 1) {
+    return Bad("offload.prefetch_depth", absl::StrCat(o.prefetch_depth()),
+               absl::StrFormat("must be in [0, offload.resident_blocks - 1 = %d] (a prefetched "
+                               "layer needs a slot of its own); lower it or raise resident_blocks",
+                               k - 1));
+  }
+  if (o.queue_depth() < 1 || o.queue_depth() > 4096) {
+    return Bad("offload.queue_depth", absl::StrCat(o.queue_depth()),
+               "must be in [1, 4096] (requests in flight per transfer)");
+  }
+  MT_RETURN_IF_ERROR(AtLeast("offload.device_budget_mib", o.device_budget_mib(), 0));
+  if (o.piece_mib() < 1 || o.piece_mib() > 1024) {
+    return Bad("offload.piece_mib", absl::StrCat(o.piece_mib()),
+               "must be in [1, 1024] (MiB per stored piece; the default 16 suits most drives)");
+  }
+  return absl::OkStatus();
+}
+
 }  // namespace
 
 absl::StatusOr<Job> ParseJobText(const std::string& text, const std::string& name) {
@@ -321,6 +384,7 @@ absl::Status ValidateJob(const Job& job, int world_size) {
   const Checkpoint& c = job.checkpoint();
   MT_RETURN_IF_ERROR(AtLeast("checkpoint.every", c.every(), 0));
   MT_RETURN_IF_ERROR(AtLeast("checkpoint.keep", c.keep(), 1));
+  MT_RETURN_IF_ERROR(ValidateOffload(job));
   return absl::OkStatus();
 }
 
@@ -334,6 +398,30 @@ absl::Status ValidateFiles(const Job& job) {
   MT_RETURN_IF_ERROR(need("data.train_tokens", job.data().train_tokens()));
   MT_RETURN_IF_ERROR(need("data.val_tokens", job.data().val_tokens()));
   MT_RETURN_IF_ERROR(need("model.init_from", job.model().init_from()));
+  // The SSD tier's directory: each rank creates its file there at start (on its own node, so
+  // every rank checks).
+  const std::string& ssd = job.offload().ssd_path();
+  if (job.offload().tier() == Offload::SSD && !ssd.empty()) {
+    std::error_code ec;
+    if (!std::filesystem::exists(ssd, ec)) {
+      return absl::NotFoundError(absl::StrFormat(
+          "offload.ssd_path = \"%s\": no such directory; create it (on a fast local drive) or "
+          "check the path (relative to the current directory)",
+          ssd));
+    }
+    if (!std::filesystem::is_directory(ssd, ec)) {
+      return absl::InvalidArgumentError(absl::StrFormat(
+          "offload.ssd_path = \"%s\": is a file, not a directory; give the directory the "
+          "offload file goes in",
+          ssd));
+    }
+    if (access(ssd.c_str(), W_OK | X_OK) != 0) {
+      return absl::PermissionDeniedError(
+          absl::StrFormat("offload.ssd_path = \"%s\": cannot create a file in it: %s; fix its "
+                          "permissions or give another directory",
+                          ssd, std::strerror(errno)));
+    }
+  }
   return absl::OkStatus();
 }
 
@@ -457,10 +545,62 @@ int64_t ReadNumber(const std::string& path) {
   return absl::SimpleAtoi(word, &v) ? v : -1;
 }
 
+int64_t Saturate(__int128 v) {
+  constexpr __int128 kMax = std::numeric_limits<int64_t>::max();
+  return static_cast<int64_t>(v > kMax ? kMax : v);
+}
+
+// Layer-wise offload (job.offload with a tier; offload::LayerStreamer's layout): the transformer
+// layers leave the model's tensors. The device keeps the embedding and the head (params, and
+// gradients when training with them) and a window of resident_blocks layer slots (params, and
+// gradients), tagged kParams and kGrads as the streamer allocates them; the optimizer state is on
+// the device only without optimizer_on_host (then all of it, as without offload). Sets
+// need->offload_bytes to the host memory the tier takes outside the allocator.
+void ApplyOffload(const Job& job, const core::GPT2Config& config, MemoryNeed* need) {
+  const Offload& o = job.offload();
+  const bool zo = job.optimizer().has_zo();  // forward-only: no gradients, no optimizer state
+  using I = __int128;  // absurd sizes saturate, as in core::GPT2::EstimateMemory
+  const I C = config.n_embd, L = config.n_layer, f = sizeof(float);
+  const I embedding = (static_cast<I>(config.padded_vocab_size) + config.max_seq_len) * C;
+  const I layer = 12 * C * C + 13 * C;
+  const I head = 2 * C;
+  const I all = embedding + L * layer + head;
+  const I window = L > 0 ? static_cast<I>(o.resident_blocks()) * layer : 0;
+  const I on_device = (embedding + head + window) * f;
+  need->by_tag[core::MemoryTag::kParams] = Saturate(on_device);
+  if (!zo) need->by_tag[core::MemoryTag::kGrads] = Saturate(on_device);
+  // The optimizer state per parameter (AdamW 8 = two f32 tensors, Lion 4 or 2 = one f32 or bf16,
+  // SGD 4 or 0), stepped on the host from the tier with optimizer_on_host.
+  const int64_t state_per_param = OptimizerStateBytes(job.optimizer(), 1);
+  const bool host_opt = !zo && o.optimizer_on_host();
+  if (host_opt) need->by_tag[core::MemoryTag::kOptimizer] = 0;
+  if (o.tier() == Offload::HOST) {
+    // The tier is host memory: with optimizer_on_host every block's params, gradients and state
+    // (the resident blocks' too: the host step reads them there), else the layers' params and
+    // gradients.
+    const I bytes = host_opt ? all * (2 * f + state_per_param) : L * layer * (zo ? f : 2 * f);
+    need->offload_bytes = Saturate(bytes);
+    need->offload_what = "offload tier (host memory)";
+  } else {
+    // The tier is a file; only its pinned staging pool is host memory: pieces of the largest
+    // block (at most piece_mib), for params, gradients, one in flight and each f32 state tensor
+    // (bf16 state: a class of its own), each rounded up to 4096 bytes.
+    const I piece = std::min<I>(std::max({embedding, layer, head}),
+                                static_cast<I>(o.piece_mib()) * (1 << 20) / f);
+    auto round = [](I b) { return (b + 4095) / 4096 * 4096; };
+    const int states = zo ? 0 : state_per_param == 8 ? 2 : state_per_param > 0 ? 1 : 0;
+    const bool bf16 = state_per_param == 2;
+    I pool = round(piece * f) * (3 + (bf16 ? 0 : states));
+    if (bf16) pool += round(piece * 2) * (states + 1);
+    need->offload_bytes = Saturate(pool);
+    need->offload_what = "offload pinned pool";
+  }
+}
+
 }  // namespace
 
 int64_t MemoryNeed::total() const {
-  int64_t n = data_bytes;
+  int64_t n = SatAdd(data_bytes, offload_bytes);
   for (int64_t b : by_tag.bytes) n = SatAdd(n, b);
   return n;
 }
@@ -473,12 +613,19 @@ std::string MemoryNeed::ToString() const {
                     core::MemoryTagName(static_cast<core::MemoryTag>(t)), " ",
                     FormatBytes(by_tag.bytes[t]));
   }
+  if (offload_bytes > 0) {
+    absl::StrAppend(&out, out.empty() ? "" : ", ", offload_what, " ", FormatBytes(offload_bytes));
+  }
   if (data_bytes > 0) absl::StrAppend(&out, ", token files ", FormatBytes(data_bytes));
   absl::StrAppend(&out, "; total ", FormatBytes(total()));
   return out;
 }
 
-absl::StatusOr<MemoryNeed> EstimateJobMemory(const Job& job, const core::GPT2Config& config) {
+absl::StatusOr<MemoryNeed> EstimateJobMemory(const Job& job, const core::GPT2Config& sizes) {
+  // With padded_vocab_size filled in (ToGPT2Config leaves 0 = "the default"); an invalid config
+  // is refused by core::GPT2::EstimateMemory below.
+  core::GPT2Config config = sizes;
+  (void)config.Validate();
   const Train& t = job.train();
   const core::Device device = t.device() == "cuda" ? core::Device::Cuda(0) : core::Device::Cpu();
   MemoryNeed need;
@@ -528,6 +675,7 @@ absl::StatusOr<MemoryNeed> EstimateJobMemory(const Job& job, const core::GPT2Con
     need.by_tag[core::MemoryTag::kScratch] +=
         copies * (std::max(embedding, layer) + 2 * C) * static_cast<int64_t>(sizeof(float));
   }
+  if (job.offload().tier() != Offload::NONE) ApplyOffload(job, config, &need);
   // A token file is read whole: its tokens are its bytes past the 1 KiB header.
   for (const std::string& f : {job.data().train_tokens(), job.data().val_tokens()}) {
     need.data_bytes += std::max<int64_t>(0, FileBytes(f) - 1024);
@@ -590,6 +738,9 @@ absl::Status CheckMemory(const Job& job, const MemoryNeed& need, int64_t already
   if (!job.optimizer().has_sgd() &&
       !(job.optimizer().has_lion() && job.optimizer().lion().momentum_dtype() == Lion::BF16)) {
     absl::StrAppend(&fix, ", use an optimizer with less state (lion with momentum_dtype BF16)");
+  }
+  if (job.offload().tier() != Offload::SSD && job.parallel().sequence() == 1) {
+    absl::StrAppend(&fix, ", keep the transformer layers on an SSD (offload.tier SSD)");
   }
   absl::StrAppend(&fix, ", or use a smaller model (model.gpt.n_layer, n_embd, vocab_size)");
   return absl::ResourceExhaustedError(absl::StrFormat(

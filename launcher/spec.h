@@ -32,7 +32,9 @@ void FillDefaults(Job* job);
 // wrong and what to do. Does not touch files.
 absl::Status ValidateJob(const Job& job, int world_size);
 
-// Checks that the files the spec reads exist (train/val tokens, model.init_from).
+// Checks that the files the spec reads exist (train/val tokens, model.init_from), and with
+// offload.tier SSD that offload.ssd_path is a directory this rank can create its file in
+// (NotFound, InvalidArgument or PermissionDenied naming the field).
 absl::Status ValidateFiles(const Job& job);
 
 // Checks that what the run will write can be written, before anything is trained:
@@ -50,9 +52,21 @@ absl::StatusOr<std::optional<core::GPT2Config>> JobModelConfig(const Job& job, b
 // What one rank of the job allocates, before it allocates anything: per allocator tag
 // (core::GPT2::EstimateMemory for the model on train.device, OptimizerStateBytes for the
 // optimizer), plus the token files it reads into memory.
+//
+// With offload (offload.tier HOST or SSD) by_tag is what the device holds: the embedding and the
+// head (params, and gradients unless optimizer.zo), a window of offload.resident_blocks
+// transformer layers (the same), the activations and scratch as without offload, and the
+// optimizer state only with optimizer_on_host = false. The host memory of the tier, which is not
+// allocated through the allocator (so not under a tag), is offload_bytes: for HOST the layers'
+// params and gradients, or with optimizer_on_host every block's params, gradients and optimizer
+// state; for SSD (the tier is a file) only the pinned staging pool, (3 + the f32 state tensors)
+// pieces of at most offload.piece_mib. total() and CheckMemory count it: on a CPU-only machine the
+// "device" is host memory too.
 struct MemoryNeed {
   core::GPT2::MemoryEstimate by_tag;
-  int64_t data_bytes = 0;  // token files (read whole, not through the allocator)
+  int64_t data_bytes = 0;     // token files (read whole, not through the allocator)
+  int64_t offload_bytes = 0;  // the offload tier's host memory (see above); 0 without offload
+  std::string offload_what;   // how ToString names it: "offload tier (host memory)", ...
   int64_t total() const;
   // "params 1.0 MiB, grads 1.0 MiB, optimizer 2.0 MiB, activations ..., total 4.1 MiB"
   std::string ToString() const;

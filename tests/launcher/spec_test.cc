@@ -4,6 +4,12 @@
 
 #include <gtest/gtest.h>
 
+#include <filesystem>
+#include <fstream>
+
+#include "absl/strings/str_join.h"
+#include "launcher/field_names.h"
+
 namespace memtrain::launcher {
 namespace {
 
@@ -118,6 +124,231 @@ TEST(SpecTest, SemanticErrorsNameTheFieldAndTheFix) {
   absl::Status files = ValidateFiles(Filled(kGood));
   EXPECT_EQ(files.code(), absl::StatusCode::kNotFound);
   EXPECT_NE(files.message().find("data.train_tokens = \"t.bin\""), std::string::npos);
+}
+
+// ---- offload ----
+
+Job WithOffload(const std::vector<std::string>& sets) {
+  Job job = ParseJobText(kGood, "job").value();
+  for (const std::string& set : sets) EXPECT_TRUE(ApplyOverride(&job, set).ok()) << set;
+  FillDefaults(&job);
+  return job;
+}
+
+TEST(SpecTest, OffloadRulesNameTheFieldAndTheFix) {
+  struct Case {
+    std::vector<std::string> sets;
+    int world;
+    const char* expect;
+  };
+  const Case cases[] = {
+      {{"offload.tier=HOST", "offload.resident_blocks=1"},
+       2,
+       "offload.resident_blocks = 1: must be >= 2 when training with gradients"},
+      {{"offload.tier=SSD", "offload.ssd_path=/tmp", "offload.resident_blocks=0"},
+       2,
+       "offload.resident_blocks = 0: must be >= 2"},
+      {{"offload.tier=HOST", "optimizer.zo.lr=1e-6", "offload.resident_blocks=0"},
+       2,
+       "offload.resident_blocks = 0: must be >= 1"},
+      {{"offload.tier=HOST", "offload.swap_batch=0"},
+       2,
+       "offload.swap_batch = 0: must be in [1, offload.resident_blocks = 2]"},
+      {{"offload.tier=HOST", "offload.resident_blocks=3", "offload.swap_batch=4"},
+       2,
+       "offload.swap_batch = 4: must be in [1, offload.resident_blocks = 3]"},
+      {{"offload.tier=HOST", "offload.prefetch_depth=-1"},
+       2,
+       "offload.prefetch_depth = -1: must be in [0, offload.resident_blocks - 1 = 1]"},
+      {{"offload.tier=HOST", "offload.prefetch_depth=2"},
+       2,
+       "offload.prefetch_depth = 2: must be in [0, offload.resident_blocks - 1 = 1]"},
+      {{"offload.tier=SSD", "offload.ssd_path=/tmp", "offload.queue_depth=0"},
+       2,
+       "offload.queue_depth = 0: must be in [1, 4096]"},
+      {{"offload.tier=SSD", "offload.ssd_path=/tmp", "offload.queue_depth=4097"},
+       2,
+       "offload.queue_depth = 4097: must be in [1, 4096]"},
+      {{"offload.tier=HOST", "offload.device_budget_mib=-1"},
+       2,
+       "offload.device_budget_mib = -1: must be >= 0"},
+      {{"offload.tier=SSD", "offload.ssd_path=/tmp", "offload.piece_mib=0"},
+       2,
+       "offload.piece_mib = 0: must be in [1, 1024]"},
+      {{"offload.tier=SSD", "offload.ssd_path=/tmp", "offload.piece_mib=1025"},
+       2,
+       "offload.piece_mib = 1025: must be in [1, 1024]"},
+      {{"offload.tier=SSD"}, 2, "offload.ssd_path = \"\": the SSD tier needs a directory"},
+      {{"offload.tier=HOST", "train.device=cuda"},
+       2,
+       "offload.tier = HOST: offload on CUDA is not built yet; use train.device \"cpu\""},
+      {{"offload.tier=SSD", "offload.ssd_path=/tmp", "parallel.data=1", "parallel.sequence=2"},
+       2,
+       "offload.tier = SSD: offload does not run with sequence parallelism yet "
+       "(parallel.sequence = 2)"},
+      {{"offload.device_budget_mib=64"},
+       2,
+       "offload.device_budget_mib = 64: applies only with an offload tier"},
+  };
+  for (const Case& c : cases) {
+    const std::string what = absl::StrJoin(c.sets, " ");
+    Job job = WithOffload(c.sets);
+    absl::Status s = ValidateJob(job, c.world);
+    EXPECT_EQ(s.code(), absl::StatusCode::kInvalidArgument) << what << " -> " << s;
+    EXPECT_NE(s.message().find(c.expect), std::string::npos) << what << " -> " << s;
+  }
+  // Valid: the defaults of each tier, the limits of every range, zo with one slot.
+  for (const std::vector<std::string>& ok : std::vector<std::vector<std::string>>{
+           {"offload.tier=HOST"},
+           {"offload.tier=SSD", "offload.ssd_path=/no/such/dir"},  // files: ValidateFiles
+           {"offload.tier=HOST", "offload.resident_blocks=4", "offload.swap_batch=4",
+            "offload.prefetch_depth=3", "offload.queue_depth=4096", "offload.piece_mib=1024",
+            "offload.device_budget_mib=64"},
+           {"offload.tier=SSD", "offload.ssd_path=/tmp", "offload.swap_batch=1",
+            "offload.prefetch_depth=0", "offload.queue_depth=1", "offload.piece_mib=1"},
+           {"offload.tier=HOST", "optimizer.zo.lr=1e-6", "offload.resident_blocks=1",
+            "offload.prefetch_depth=0"},
+           // Without a tier the other offload fields are not used, so not checked.
+           {"offload.resident_blocks=0", "offload.piece_mib=0"},
+       }) {
+    EXPECT_TRUE(ValidateJob(WithOffload(ok), 2).ok())
+        << absl::StrJoin(ok, " ") << " -> " << ValidateJob(WithOffload(ok), 2);
+  }
+}
+
+TEST(SpecTest, OffloadSsdPathMustBeAnExistingDirectory) {
+  namespace fs = std::filesystem;
+  const fs::path dir = fs::path(::testing::TempDir()) / "spec_test_offload";
+  fs::remove_all(dir);
+  fs::create_directories(dir / "ssd");
+  const std::string tokens = (dir / "t.bin").string();
+  std::ofstream(tokens) << "tokens";
+  auto files = [&](const std::string& ssd_path) {
+    return ValidateFiles(WithOffload(
+        {"data.train_tokens=" + tokens, "offload.tier=SSD", "offload.ssd_path=" + ssd_path}));
+  };
+  EXPECT_TRUE(files((dir / "ssd").string()).ok()) << files((dir / "ssd").string());
+  absl::Status missing = files((dir / "nope").string());
+  EXPECT_EQ(missing.code(), absl::StatusCode::kNotFound) << missing;
+  EXPECT_NE(missing.message().find("offload.ssd_path = \"" + (dir / "nope").string() +
+                                   "\": no such directory"),
+            std::string::npos)
+      << missing;
+  absl::Status file = files(tokens);
+  EXPECT_EQ(file.code(), absl::StatusCode::kInvalidArgument) << file;
+  EXPECT_NE(file.message().find("offload.ssd_path"), std::string::npos) << file;
+  EXPECT_NE(file.message().find("not a directory"), std::string::npos) << file;
+  // The path is not looked at without the SSD tier.
+  EXPECT_TRUE(ValidateFiles(WithOffload({"data.train_tokens=" + tokens, "offload.tier=HOST",
+                                         "offload.ssd_path=" + (dir / "nope").string()}))
+                  .ok());
+  fs::remove_all(dir);
+}
+
+TEST(SpecTest, StreamerOptionNamesBecomeOffloadFields) {
+  auto mapped = [](const std::string& m) {
+    return std::string(ToJobSpecNames(absl::InvalidArgumentError(m)).message());
+  };
+  for (const char* f : {"resident_blocks", "swap_batch", "prefetch_depth", "queue_depth"}) {
+    EXPECT_EQ(mapped(std::string("StreamerOptions::") + f + " = 0: bad"),
+              std::string("offload.") + f + " = 0: bad");
+  }
+  EXPECT_EQ(mapped("offload::StreamerOptions::ssd_path is empty"), "offload.ssd_path is empty");
+  EXPECT_EQ(mapped("StreamerOptions::piece_bytes = 100: must be a positive multiple of 4096"),
+            "offload.piece_mib = 100: must be a positive multiple of 4096");
+}
+
+TEST(SpecTest, OffloadMovesTheLayersOffTheDeviceInTheMemoryEstimate) {
+  const std::vector<std::string> model = {"model.gpt.n_layer=8", "parallel.data=1"};
+  auto estimate = [&](std::vector<std::string> sets) {
+    sets.insert(sets.begin(), model.begin(), model.end());
+    Job job = WithOffload(sets);
+    EXPECT_TRUE(ValidateJob(job, 1).ok()) << ValidateJob(job, 1);
+    absl::StatusOr<MemoryNeed> need = EstimateJobMemory(job, ToGPT2Config(job.model().gpt()));
+    EXPECT_TRUE(need.ok()) << need.status();
+    return *need;
+  };
+  using core::MemoryTag;
+  // C = 32, L = 8, Vp = 256, maxT = 64.
+  const int64_t C = 32, L = 8, embedding = (256 + 64) * C, layer = 12 * C * C + 13 * C,
+                head = 2 * C, all = embedding + L * layer + head;
+  const MemoryNeed none = estimate({});
+  // Without offload: as before (the model's exact estimate, AdamW's two f32 moments).
+  core::GPT2Config config = ToGPT2Config(WithOffload(model).model().gpt());
+  const core::GPT2::MemoryEstimate model_only =
+      core::GPT2::EstimateMemory(config, {.B = 2, .T = 32, .mode = core::ModelMode::kTrain})
+          .value();
+  EXPECT_EQ(none.by_tag[MemoryTag::kParams], all * 4);
+  EXPECT_EQ(none.by_tag[MemoryTag::kParams], model_only[MemoryTag::kParams]);
+  EXPECT_EQ(none.by_tag[MemoryTag::kGrads], model_only[MemoryTag::kGrads]);
+  EXPECT_EQ(none.by_tag[MemoryTag::kActivations], model_only[MemoryTag::kActivations]);
+  EXPECT_EQ(none.by_tag[MemoryTag::kScratch], model_only[MemoryTag::kScratch]);
+  EXPECT_EQ(none.by_tag[MemoryTag::kOptimizer], all * 8);
+  EXPECT_EQ(none.offload_bytes, 0);
+  // An explicit tier NONE is the same job.
+  const MemoryNeed explicit_none = estimate({"offload.tier=NONE"});
+  EXPECT_EQ(explicit_none.by_tag.bytes, none.by_tag.bytes);
+  EXPECT_EQ(explicit_none.total(), none.total());
+  EXPECT_EQ(explicit_none.ToString(), none.ToString());
+
+  // HOST, optimizer on the host: the device holds the embedding, the head and 2 layers, no
+  // optimizer state; the tier holds every block's params, gradients and moments.
+  const MemoryNeed host = estimate({"offload.tier=HOST"});
+  const int64_t device = (embedding + head + 2 * layer) * 4;
+  EXPECT_EQ(host.by_tag[MemoryTag::kParams], device);
+  EXPECT_EQ(host.by_tag[MemoryTag::kGrads], device);
+  EXPECT_EQ(host.by_tag[MemoryTag::kOptimizer], 0);
+  EXPECT_LT(host.by_tag[MemoryTag::kParams], none.by_tag[MemoryTag::kParams]);
+  EXPECT_LT(host.by_tag[MemoryTag::kGrads], none.by_tag[MemoryTag::kGrads]);
+  EXPECT_LT(host.by_tag[MemoryTag::kOptimizer], none.by_tag[MemoryTag::kOptimizer]);
+  EXPECT_EQ(host.by_tag[MemoryTag::kActivations], none.by_tag[MemoryTag::kActivations]);
+  EXPECT_EQ(host.by_tag[MemoryTag::kScratch], none.by_tag[MemoryTag::kScratch]);
+  EXPECT_EQ(host.offload_bytes, all * (4 + 4 + 8));
+  EXPECT_EQ(host.total(), none.total() + 2 * device);  // the device part is in host memory too
+  EXPECT_NE(host.ToString().find("offload tier (host memory)"), std::string::npos)
+      << host.ToString();
+  // More slots, more device memory.
+  EXPECT_EQ(estimate({"offload.tier=HOST", "offload.resident_blocks=3"}).by_tag[MemoryTag::kParams],
+            device + layer * 4);
+  // The optimizer state on the device: all of it, as without offload; the tier holds the layers.
+  const MemoryNeed on_device = estimate({"offload.tier=HOST", "offload.optimizer_on_host=false"});
+  EXPECT_EQ(on_device.by_tag[MemoryTag::kParams], device);
+  EXPECT_EQ(on_device.by_tag[MemoryTag::kOptimizer], none.by_tag[MemoryTag::kOptimizer]);
+  EXPECT_EQ(on_device.offload_bytes, L * layer * 8);
+
+  // SSD: the same device part; only the pinned pool is host memory: 3 + 2 f32 pieces of the
+  // largest block (a layer, under 16 MiB), each rounded up to 4096 bytes.
+  const MemoryNeed ssd = estimate({"offload.tier=SSD", "offload.ssd_path=/tmp"});
+  EXPECT_EQ(ssd.by_tag.bytes, host.by_tag.bytes);
+  const int64_t piece = (layer * 4 + 4095) / 4096 * 4096;
+  EXPECT_EQ(ssd.offload_bytes, 5 * piece);
+  EXPECT_LT(ssd.total(), none.total());
+  EXPECT_NE(ssd.ToString().find("offload pinned pool"), std::string::npos) << ssd.ToString();
+  // Lion with bf16 momentum: 3 f32 pieces and 2 bf16 ones; pieces of at most piece_mib.
+  const MemoryNeed lion =
+      estimate({"offload.tier=SSD", "offload.ssd_path=/tmp", "optimizer.lion.momentum_dtype=BF16"});
+  EXPECT_EQ(lion.offload_bytes, 3 * piece + 2 * ((layer * 2 + 4095) / 4096 * 4096));
+  const MemoryNeed big = estimate({"model.gpt.n_embd=512", "model.gpt.n_head=8", "offload.tier=SSD",
+                                   "offload.ssd_path=/tmp", "offload.piece_mib=1"});
+  EXPECT_EQ(big.offload_bytes, 5 * (int64_t{1} << 20));  // a 12.0 MiB layer in 1 MiB pieces
+
+  // Zeroth-order: no gradients, no state; the tier holds the layers' params.
+  const MemoryNeed zo_none = estimate({"optimizer.zo.lr=1e-6"});
+  const MemoryNeed zo = estimate({"optimizer.zo.lr=1e-6", "offload.tier=HOST",
+                                  "offload.resident_blocks=1", "offload.prefetch_depth=0"});
+  EXPECT_EQ(zo.by_tag[MemoryTag::kParams], (embedding + head + layer) * 4);
+  EXPECT_EQ(zo.by_tag[MemoryTag::kGrads], 0);
+  EXPECT_EQ(zo.by_tag[MemoryTag::kOptimizer], 0);
+  EXPECT_EQ(zo.by_tag[MemoryTag::kScratch], zo_none.by_tag[MemoryTag::kScratch]);
+  EXPECT_EQ(zo.offload_bytes, L * layer * 4);
+}
+
+TEST(SpecTest, TheMemoryErrorSuggestsTheSsdTier) {
+  Job job = WithOffload({"model.gpt.n_layer=100000000"});
+  MemoryNeed need = EstimateJobMemory(job, ToGPT2Config(job.model().gpt())).value();
+  absl::Status s = CheckMemory(job, need);
+  if (s.ok()) GTEST_SKIP() << "the available memory is unknown";
+  EXPECT_NE(s.message().find("offload.tier SSD"), std::string::npos) << s;
 }
 
 }  // namespace
