@@ -177,24 +177,34 @@ int main(int argc, char** argv) {
       continue;
     }
     const char* v = argv[++i];
-    if (f == "--shape") a.shape = v;
-    else if (f == "--B") a.B = std::atoi(v);
-    else if (f == "--T") a.T = std::atoi(v);
-    else if (f == "--steps") a.steps = std::max(1, std::min(16, std::atoi(v)));
-    else if (f == "--tier") a.tier = v;
-    else if (f == "--dir") a.dir = v;
-    else if (f == "--k") a.k = std::atoi(v);
-    else if (f == "--kp") a.kp = std::atoi(v);
-    else if (f == "--depth") a.depth = std::atoi(v);
+    if (f == "--shape")
+      a.shape = v;
+    else if (f == "--B")
+      a.B = std::atoi(v);
+    else if (f == "--T")
+      a.T = std::atoi(v);
+    else if (f == "--steps")
+      a.steps = std::max(1, std::min(16, std::atoi(v)));
+    else if (f == "--tier")
+      a.tier = v;
+    else if (f == "--dir")
+      a.dir = v;
+    else if (f == "--k")
+      a.k = std::atoi(v);
+    else if (f == "--kp")
+      a.kp = std::atoi(v);
+    else if (f == "--depth")
+      a.depth = std::atoi(v);
     else {
       std::fprintf(stderr, "bench_offload: unknown flag %s\n", f.c_str());
       return 2;
     }
   }
-  std::printf("offload benchmark: shape %s, B=%d T=%d, AdamW, %d steps (median of steps 2..), "
-              "%s tier, k=%d k'=%d prefetch=%d, optimizer on the %s, %d threads\n",
-              a.shape.c_str(), a.B, a.T, a.steps, a.tier.c_str(), a.k, a.kp, a.depth,
-              a.on_device ? "device" : "host", core::InitThreads());
+  std::printf(
+      "offload benchmark: shape %s, B=%d T=%d, AdamW, %d steps (median of steps 2..), "
+      "%s tier, k=%d k'=%d prefetch=%d, optimizer on the %s, %d threads\n",
+      a.shape.c_str(), a.B, a.T, a.steps, a.tier.c_str(), a.k, a.kp, a.depth,
+      a.on_device ? "device" : "host", core::InitThreads());
   const Result base = InChild(a, false);
   const Result off = InChild(a, true);
   if (!base.ok || !off.ok) {
@@ -210,9 +220,8 @@ int main(int argc, char** argv) {
   std::printf("%-34s %14.1f %14.1f   ratio %.3f\n", "peak device MiB (a step)",
               MiB(base.peak_device), MiB(off.peak_device),
               double(off.peak_device) / base.peak_device);
-  std::printf("%-34s %14s %14.1f   peak / formula %.3f\n",
-              "formula: k blocks + emb/head + acts", "", MiB(off.formula),
-              double(off.peak_device) / off.formula);
+  std::printf("%-34s %14s %14.1f   peak / formula %.3f\n", "formula: k blocks + emb/head + acts",
+              "", MiB(off.formula), double(off.peak_device) / off.formula);
   std::printf("%-34s %14s %14.1f\n", "  of which the window (k slots)", "", MiB(off.window));
   std::printf("%-34s %14s %14.1f\n", "  of which activations + scratch", "", MiB(off.activations));
   std::printf("%-34s %14.1f %14.1f\n", "peak RSS MiB (VmHWM, whole run)", base.rss_kib / 1024.0,

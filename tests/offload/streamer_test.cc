@@ -10,8 +10,8 @@
 
 #include <cstring>
 #include <filesystem>
-#include <ostream>
 #include <memory>
+#include <ostream>
 #include <string>
 #include <vector>
 
