@@ -166,14 +166,22 @@ RunResult Train(const Case& c, bool offload, int steps = 4) {
   return r;
 }
 
+// A folder of this test process's own: ctest runs the tests of this file in parallel processes,
+// and each checks that its streamer leaves nothing behind.
 std::string TmpDir() {
-  static const std::string dir = [] {
-    std::string d = ::testing::TempDir() + "/memtrain_streamer_test";
-    std::filesystem::create_directories(d);
-    return d;
-  }();
-  return dir;
+  const std::string d =
+      ::testing::TempDir() + "/memtrain_streamer_test." + std::to_string(::getpid());
+  std::filesystem::create_directories(d);
+  return d;
 }
+
+// Removes this process's folder at the end (empty: every streamer removed its file).
+class RemoveTmpDir : public ::testing::Environment {
+ public:
+  void TearDown() override { std::filesystem::remove(TmpDir()); }
+};
+const ::testing::Environment* const kRemoveTmpDir =
+    ::testing::AddGlobalTestEnvironment(new RemoveTmpDir);
 
 class BitIdentical : public ::testing::TestWithParam<Case> {};
 
@@ -192,6 +200,7 @@ TEST_P(BitIdentical, LossesWeightsAndStateEqualTheRunWithoutOffload) {
     EXPECT_EQ(got.state[s], ref.state[s]) << "optimizer state of block " << s;
   }
   EXPECT_TRUE(std::filesystem::is_empty(TmpDir())) << "a file was left behind";
+  std::filesystem::remove(TmpDir());
 }
 
 StreamerOptions So(Tier tier, int k, int kp, int d, bool on_host = true, int64_t piece = 16 << 20) {
