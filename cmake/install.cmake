@@ -12,7 +12,7 @@
 # Three export sets, so that a program of core / optim / checkpoint needs neither MPI nor protobuf:
 #   memtrainTargets          memtrain::core, memtrain::optim, memtrain::offload (+ liburing),
 #                            memtrain::checkpoint
-#   memtrainParallelTargets  memtrain::parallel                         (+ MPI)
+#   memtrainParallelTargets  memtrain::parallel, memtrain::federated    (+ MPI)
 #   memtrainLauncherTargets  memtrain::job_proto, memtrain::launcher    (+ protobuf, parallel)
 # memtrainConfig.cmake (cmake/memtrainConfig.cmake.in) finds what each set needs.
 #
@@ -26,7 +26,7 @@ set(MEMTRAIN_PACKAGE_DIR ${CMAKE_INSTALL_LIBDIR}/cmake/memtrain)
 install(TARGETS memtrain_core memtrain_optim memtrain_offload memtrain_checkpoint
   EXPORT memtrainTargets
   ARCHIVE DESTINATION ${CMAKE_INSTALL_LIBDIR} COMPONENT Development)
-install(TARGETS memtrain_parallel EXPORT memtrainParallelTargets
+install(TARGETS memtrain_parallel memtrain_federated EXPORT memtrainParallelTargets
   ARCHIVE DESTINATION ${CMAKE_INSTALL_LIBDIR} COMPONENT Development)
 install(TARGETS memtrain_job_proto memtrain_launcher EXPORT memtrainLauncherTargets
   ARCHIVE DESTINATION ${CMAKE_INSTALL_LIBDIR} COMPONENT Development)
@@ -35,7 +35,8 @@ install(TARGETS trainer make_tokens RUNTIME DESTINATION ${CMAKE_INSTALL_BINDIR} 
 # Public headers keep their folders; INSTALL_INTERFACE of the targets is <prefix>/include.
 install(DIRECTORY
     ${PROJECT_SOURCE_DIR}/core ${PROJECT_SOURCE_DIR}/optim ${PROJECT_SOURCE_DIR}/parallel
-    ${PROJECT_SOURCE_DIR}/offload ${PROJECT_SOURCE_DIR}/checkpoint ${PROJECT_SOURCE_DIR}/launcher
+    ${PROJECT_SOURCE_DIR}/offload ${PROJECT_SOURCE_DIR}/federated ${PROJECT_SOURCE_DIR}/checkpoint
+    ${PROJECT_SOURCE_DIR}/launcher
   DESTINATION include COMPONENT Development
   FILES_MATCHING PATTERN "*.h")
 install(FILES ${PROJECT_BINARY_DIR}/launcher/job.pb.h ${PROJECT_SOURCE_DIR}/launcher/job.proto

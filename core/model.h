@@ -20,12 +20,15 @@ namespace memtrain::core {
 // One micro-batch. inputs, targets: (B, T) token ids on the host; targets may be null (forward
 // only, no loss) and a negative target marks a position without loss. pos_offset is the global
 // position of column 0 (non-zero for a sequence shard).
+// Image models (core/model/cnn.h) take `images` (B, C, H, W) floats instead of token ids, with
+// T = 1 and one class label per image in targets (B).
 struct Batch {
   const int32_t* inputs = nullptr;
   const int32_t* targets = nullptr;
   int B = 0;
   int T = 0;
   int pos_offset = 0;
+  const float* images = nullptr;
 };
 
 // How a model lays out its activations (llm.c's `fill_in_activation_sizes(..., recompute)`).

@@ -17,7 +17,8 @@ absl::StatusOr<ParamBlock> ParamBlock::Create(std::string name, int id,
     v.shape = s.shape;
     v.offset = offset;
     v.numel = NumElements(s.shape);
-    v.decay = s.shape.size() >= 2;
+    v.decay = s.shape.size() >= 2 && s.trainable;
+    v.trainable = s.trainable;
     offset += v.numel;
     b.views_.push_back(std::move(v));
   }

@@ -28,6 +28,9 @@ namespace memtrain::core {
 struct ParamSpec {
   std::string name;
   Shape shape;
+  // False for state that lives with the parameters but is not trained (BatchNorm's running
+  // statistics): optimizers leave it alone, averaging and checkpoints treat it like the rest.
+  bool trainable = true;
 };
 
 struct ParamView {
@@ -37,6 +40,7 @@ struct ParamView {
   int64_t numel = 0;
   // Matrices (ndim >= 2) get weight decay by default; biases and norm weights do not.
   bool decay = false;
+  bool trainable = true;  // see ParamSpec
 };
 
 class ParamBlock {

@@ -126,8 +126,8 @@ class Optimizer {
         decay_(std::move(decay)),
         lr_(lr),
         ctx_(core::ExecContext::For(model ? model->block(0).device() : core::Device::Cpu())) {}
-  // Runs fn(offset, count, weight_decay_factor) over the views of a block, in order; adjacent
-  // views with the same decay are merged, so a block is still one pass over memory.
+  // Runs fn(offset, count, weight_decay_factor) over the trainable views of a block, in order;
+  // adjacent views with the same decay are merged, so a block is still one pass over memory.
   template <typename Fn>
   void ForEachDecayRange(int stage, Fn fn) const;
   // InvalidArgument for a null model (every Create checks it first).
@@ -179,6 +179,11 @@ void Optimizer::ForEachDecayRange(int stage, Fn fn) const {
   int64_t begin = 0, end = 0;
   bool decay = false;
   for (const core::ParamView& v : b.views()) {
+    if (!v.trainable) {  // not updated: ends the current range
+      if (end > begin) fn(begin, end - begin, decay);
+      begin = end = v.offset + v.numel;
+      continue;
+    }
     const bool d = decay_.Decays(b.name(), v);
     if (end > begin && d != decay) {
       fn(begin, end - begin, decay);

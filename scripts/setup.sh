@@ -9,7 +9,7 @@ PKGS=(build-essential cmake ninja-build pkg-config git
       libopenblas-openmp-dev libabsl-dev libprotobuf-dev protobuf-compiler
       libopenmpi-dev openmpi-bin zlib1g-dev liburing-dev nlohmann-json3-dev
       libgtest-dev libgmock-dev libbenchmark-dev
-      bible-kjv fortunes gnuplot-nox)
+      bible-kjv fortunes gnuplot-nox dataset-fashion-mnist)
 missing=()
 for p in "${PKGS[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
