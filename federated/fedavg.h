@@ -49,6 +49,26 @@ struct FedAvgOptions {
 // The clients of round `round`: `k` distinct ids out of `n`, a pure function of the arguments.
 std::vector<int> SampleClients(uint64_t seed, int64_t round, int n, int k);
 
+// Per-client work a pruning method (or a custom algorithm) adds to a round. The hooks run on the
+// rank that trains the client; Aggregate runs on every rank after the averaging, with every
+// client's message in the order of the sampled list.
+class ClientPlugin {
+ public:
+  virtual ~ClientPlugin() = default;
+  virtual void BeginClient(int client) {}
+  // After each local backward, before the optimizer step (the gradients are in the model).
+  virtual void AfterBackward(int client, core::Cnn& model) {}
+  // The size of every client's message this round (doubles), and the message.
+  virtual int64_t message_doubles() const { return 0; }
+  virtual std::vector<double> EndClient(int client) { return {}; }
+  // weights: the clients' sample counts.
+  virtual absl::Status Aggregate(const std::vector<std::vector<double>>& messages,
+                                 const std::vector<int>& clients,
+                                 const std::vector<double>& weights) {
+    return absl::OkStatus();
+  }
+};
+
 struct RoundStats {
   std::vector<int> clients;       // sampled, in aggregation order
   double train_loss = 0.0;        // mean over the clients' last local epoch, sample-weighted
@@ -77,6 +97,27 @@ class FedAvg {
   };
   absl::StatusOr<Eval> Evaluate(ImageSet test);
 
+  // Not owned; null for none. Applies to the following rounds.
+  void set_plugin(ClientPlugin* plugin) { plugin_ = plugin; }
+
+  // The clients of round `round` (as Round samples them) run `fn` on the current global weights,
+  // round-robin over the ranks, forward-only work; each returns `result_doubles` numbers, given
+  // back on every rank in the order of the sampled list (with the clients and sample counts).
+  using ClientFn = std::function<absl::StatusOr<std::vector<double>>(int client, core::Cnn& model)>;
+  struct Mapped {
+    std::vector<int> clients;
+    std::vector<double> weights;
+    std::vector<std::vector<double>> results;
+  };
+  absl::StatusOr<Mapped> MapClients(int64_t round, int64_t result_doubles, const ClientFn& fn);
+  // Calls fn on up to max_batches batches of a client's samples (in an order drawn from
+  // (seed, tag, client); all batches when max_batches <= 0), the model's prepared batch size.
+  absl::Status ClientBatches(int client, uint64_t tag, int max_batches,
+                             const std::function<absl::Status(const core::Batch&)>& fn);
+  core::Engine& engine() { return engine_; }
+  int num_clients() const { return static_cast<int>(clients_.size()); }
+  int64_t client_samples(int client) const { return static_cast<int64_t>(clients_[client].size()); }
+
   // Called after every local optimizer step of a client (e.g. a custom proximal term, or
   // re-applying masks); may be empty.
   using LocalHook = std::function<void(int client, core::Cnn& model)>;
@@ -98,6 +139,7 @@ class FedAvg {
   std::vector<float> images_;               // one batch
   std::vector<int32_t> labels_;
   LocalHook local_hook_;
+  ClientPlugin* plugin_ = nullptr;
 };
 
 }  // namespace memtrain::federated
