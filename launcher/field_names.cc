@@ -49,6 +49,18 @@ constexpr Name kNames[] = {
     {"StreamerOptions::queue_depth", "offload.queue_depth"},
     // The job spec gives MiB (offload.piece_mib); the streamer's message gives the bytes.
     {"StreamerOptions::piece_bytes", "offload.piece_mib"},
+    {"CnnConfig::layers", "model.cnn.layers"},
+    {"CnnConfig::in_channels", "model.cnn.in_channels"},
+    {"CnnConfig::height", "model.cnn.height"},
+    {"CnnConfig::width", "model.cnn.width"},
+    {"CnnConfig::num_classes", "model.cnn.num_classes"},
+    {"PruneOptions::method", "federated.pruning.method"},
+    {"PruneOptions::density", "federated.pruning.density"},
+    {"PruneOptions::candidates", "federated.pruning.candidates"},
+    {"PruneOptions::bn_batches", "federated.pruning.bn_batches"},
+    {"PruneOptions::adjust_rounds", "federated.pruning.adjust_rounds"},
+    {"PruneOptions::initial_rate", "federated.pruning.initial_rate"},
+    {"PruneOptions::seed", "federated.seed"},
 };
 
 bool IsIdent(char c) { return std::isalnum(static_cast<unsigned char>(c)) || c == '_'; }

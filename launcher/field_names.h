@@ -7,7 +7,9 @@
 //
 // Known: every field of optim::AdamWConfig (optimizer.adamw.*), optim::LionConfig
 // (optimizer.lion.*; direction -> k, bf16_momentum -> momentum_dtype), optim::SgdConfig
-// (optimizer.sgd.*) and core::GPT2Config (model.gpt.*). Names may be namespace-qualified
+// (optimizer.sgd.*), core::GPT2Config (model.gpt.*), offload::StreamerOptions (offload.*),
+// core::CnnConfig (model.cnn.*) and federated::PruneOptions (federated.pruning.*). Names may be
+// namespace-qualified
 // ("optim::AdamWConfig::lr"); unknown names are left as they are. The code and payloads are kept.
 #ifndef MEMTRAIN_LAUNCHER_FIELD_NAMES_H_
 #define MEMTRAIN_LAUNCHER_FIELD_NAMES_H_

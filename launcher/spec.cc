@@ -11,6 +11,7 @@
 #include <filesystem>
 #include <fstream>
 #include <limits>
+#include <memory>
 #include <sstream>
 #include <vector>
 
@@ -22,6 +23,7 @@
 #include "core/allocator.h"
 #include "core/llmc.h"
 #include "core/status.h"
+#include "federated/fashion_mnist.h"
 #include "google/protobuf/io/tokenizer.h"
 #include "google/protobuf/text_format.h"
 #include "launcher/field_names.h"
@@ -227,7 +229,7 @@ absl::Status ApplyOverride(Job* job, const std::string& assignment) {
     const pb::FieldDescriptor* f = msg->GetDescriptor()->FindFieldByName(parts[i]);
     const bool last = i + 1 == parts.size();
     if (f == nullptr ||
-        (f->is_repeated() && !(last && f->cpp_type() == pb::FieldDescriptor::CPPTYPE_STRING))) {
+        (f->is_repeated() && !(last && f->cpp_type() != pb::FieldDescriptor::CPPTYPE_MESSAGE))) {
       std::string known;
       for (int k = 0; k < msg->GetDescriptor()->field_count(); ++k) {
         absl::StrAppend(&known, k ? ", " : "", msg->GetDescriptor()->field(k)->name());
@@ -246,8 +248,54 @@ absl::Status ApplyOverride(Job* job, const std::string& assignment) {
       msg = r->MutableMessage(msg, f);
       continue;
     }
-    if (f->is_repeated()) {  // a repeated string: --set appends one entry
-      r->AddString(msg, f, value);
+    if (f->is_repeated() && f->cpp_type() == pb::FieldDescriptor::CPPTYPE_STRING) {
+      r->AddString(msg, f, value);  // a repeated string: --set appends one entry
+      return absl::OkStatus();
+    }
+    if (f->is_repeated()) {  // a repeated number: --set replaces the list ("[8,-1,16]" or "8")
+      const std::unique_ptr<pb::Message> parsed(msg->New());
+      pb::TextFormat::Parser parser;
+      Collector errors("--set " + assignment);
+      parser.RecordErrorsTo(&errors);
+      const bool ok = parser.ParseFromString(absl::StrCat(f->name(), ": ", value), parsed.get());
+      if (ok) {
+        r->ClearField(msg, f);
+        for (int k = 0; k < r->FieldSize(*parsed, f); ++k) {
+          switch (f->cpp_type()) {
+            case pb::FieldDescriptor::CPPTYPE_INT32:
+              r->AddInt32(msg, f, r->GetRepeatedInt32(*parsed, f, k));
+              break;
+            case pb::FieldDescriptor::CPPTYPE_INT64:
+              r->AddInt64(msg, f, r->GetRepeatedInt64(*parsed, f, k));
+              break;
+            case pb::FieldDescriptor::CPPTYPE_UINT32:
+              r->AddUInt32(msg, f, r->GetRepeatedUInt32(*parsed, f, k));
+              break;
+            case pb::FieldDescriptor::CPPTYPE_UINT64:
+              r->AddUInt64(msg, f, r->GetRepeatedUInt64(*parsed, f, k));
+              break;
+            case pb::FieldDescriptor::CPPTYPE_FLOAT:
+              r->AddFloat(msg, f, r->GetRepeatedFloat(*parsed, f, k));
+              break;
+            case pb::FieldDescriptor::CPPTYPE_DOUBLE:
+              r->AddDouble(msg, f, r->GetRepeatedDouble(*parsed, f, k));
+              break;
+            case pb::FieldDescriptor::CPPTYPE_BOOL:
+              r->AddBool(msg, f, r->GetRepeatedBool(*parsed, f, k));
+              break;
+            case pb::FieldDescriptor::CPPTYPE_ENUM:
+              r->AddEnumValue(msg, f, r->GetRepeatedEnumValue(*parsed, f, k));
+              break;
+            default:
+              break;
+          }
+        }
+      }
+      if (!ok) {
+        return absl::InvalidArgumentError(absl::StrFormat(
+            "--set %s: \"%s\" is not a valid list of %s for %s; write e.g. %s=[8,-1,16,-1]",
+            assignment, value, f->type_name(), path, path));
+      }
       return absl::OkStatus();
     }
     if (f->cpp_type() == pb::FieldDescriptor::CPPTYPE_STRING &&
@@ -268,6 +316,8 @@ absl::Status ApplyOverride(Job* job, const std::string& assignment) {
 }
 
 void FillDefaults(Job* job) {
+  // `federated` is a switch: present or not (FillMessage would create every section).
+  const bool federated = job->has_federated();
   job->mutable_model();
   job->mutable_data();
   job->mutable_train();
@@ -278,12 +328,162 @@ void FillDefaults(Job* job) {
   job->mutable_parallel();
   job->mutable_checkpoint();
   job->mutable_output();
-  if (job->model().source_case() == Model::SOURCE_NOT_SET) job->mutable_model()->mutable_gpt();
+  if (job->model().source_case() == Model::SOURCE_NOT_SET) {
+    if (federated) {
+      job->mutable_model()->mutable_cnn();
+    } else {
+      job->mutable_model()->mutable_gpt();
+    }
+  }
   FillMessage(job);
+  if (!federated) job->clear_federated();
+  if (job->model().has_cnn() && job->model().cnn().layers_size() == 0) {
+    for (int c : core::CnnConfig().layers) job->mutable_model()->mutable_cnn()->add_layers(c);
+  }
 }
 
+core::CnnConfig ToCnnConfig(const Cnn& cnn) {
+  core::CnnConfig c;
+  c.in_channels = cnn.in_channels();
+  c.height = cnn.height();
+  c.width = cnn.width();
+  c.num_classes = cnn.num_classes();
+  if (cnn.layers_size() > 0) c.layers.assign(cnn.layers().begin(), cnn.layers().end());
+  return c;
+}
+
+namespace {
+
+// A federated job (job.federated): model.cnn on Fashion-MNIST, FedAvg's and the pruning's fields,
+// and what does not run with it.
+absl::Status ValidateFederated(const Job& job) {
+  const Model& m = job.model();
+  if (m.has_gpt()) {
+    return absl::InvalidArgumentError(
+        "model.gpt: a federated job trains an image classifier, not a GPT-2; replace model.gpt "
+        "by model.cnn (e.g. model { cnn { layers: [32, -1, 64, -1] } })");
+  }
+  if (!m.init_from().empty()) {
+    return Bad("model.init_from", absl::StrCat("\"", m.init_from(), "\""),
+               "a federated job starts from model.cnn initialised from model.init_seed (resume "
+               "one with --resume); replace it by model.cnn");
+  }
+  const Cnn& cnn = m.cnn();
+  MT_RETURN_IF_ERROR(ToJobSpecNames(ToCnnConfig(cnn).Validate()));
+  auto dataset = [](const char* field, int v, int want, const char* what) -> absl::Status {
+    if (v == want) return absl::OkStatus();
+    return Bad(field, absl::StrCat(v), absl::StrFormat("%s; set it to %d", what, want));
+  };
+  MT_RETURN_IF_ERROR(dataset("model.cnn.in_channels", cnn.in_channels(), 1,
+                             "Fashion-MNIST images have 1 channel"));
+  MT_RETURN_IF_ERROR(
+      dataset("model.cnn.height", cnn.height(), 28, "Fashion-MNIST images are 28 pixels high"));
+  MT_RETURN_IF_ERROR(
+      dataset("model.cnn.width", cnn.width(), 28, "Fashion-MNIST images are 28 pixels wide"));
+  MT_RETURN_IF_ERROR(
+      dataset("model.cnn.num_classes", cnn.num_classes(), 10, "Fashion-MNIST has 10 classes"));
+  auto no_tokens = [](const char* field, const std::string& path) -> absl::Status {
+    if (path.empty()) return absl::OkStatus();
+    return Bad(field, absl::StrCat("\"", path, "\""),
+               "a federated job reads Fashion-MNIST from data.fashion_mnist_dir, not token files; "
+               "remove it");
+  };
+  MT_RETURN_IF_ERROR(no_tokens("data.train_tokens", job.data().train_tokens()));
+  MT_RETURN_IF_ERROR(no_tokens("data.val_tokens", job.data().val_tokens()));
+  const Optimizer& o = job.optimizer();
+  if (o.has_zo()) {
+    return absl::InvalidArgumentError(
+        "optimizer.zo: zeroth-order steps do not run in federated jobs (the clients train with "
+        "gradients); use optimizer.sgd, optimizer.adamw or optimizer.lion");
+  }
+  if (o.clip_grad_norm() != 0) {
+    return Bad("optimizer.clip_grad_norm", absl::StrCat(o.clip_grad_norm()),
+               "is not applied to the local steps of federated clients; leave it 0");
+  }
+  const Train& t = job.train();
+  if (t.device() != "cpu") {
+    return Bad("train.device", absl::StrCat("\"", t.device(), "\""),
+               "federated jobs run on the CPU only so far (the CNN has CPU kernels only); set "
+               "train.device = \"cpu\"");
+  }
+  if (t.grad_accum() != 1) {
+    return Bad("train.grad_accum", absl::StrCat(t.grad_accum()),
+               "has no meaning in a federated job (a local step is one batch of "
+               "federated.batch_size images); leave it 1");
+  }
+  if (t.recompute()) {
+    return Bad("train.recompute", "true",
+               "the CNN keeps its activations (they are small); leave it false");
+  }
+  if (t.on_nonfinite() == Train::SKIP) {
+    return Bad("train.on_nonfinite", "SKIP",
+               "a federated round cannot be skipped (its clients' weights are averaged already); "
+               "a round whose loss is not finite stops the run: use STOP");
+  }
+  if (job.offload().tier() != Offload::NONE) {
+    return Bad("offload.tier", Offload::Tier_Name(job.offload().tier()),
+               "federated jobs do not offload (the CNN is small); set offload.tier to NONE");
+  }
+  const Parallel& p = job.parallel();
+  if (p.sequence() != 1) {
+    return Bad("parallel.sequence", absl::StrCat(p.sequence()),
+               "federated jobs deal their clients over data ranks only; set it to 1 and "
+               "parallel.data to the number of ranks");
+  }
+  if (p.perturbation() != 1) {
+    return Bad("parallel.perturbation", absl::StrCat(p.perturbation()),
+               "federated jobs deal their clients over data ranks only; set it to 1 and "
+               "parallel.data to the number of ranks");
+  }
+  const Federated& f = job.federated();
+  MT_RETURN_IF_ERROR(AtLeast("federated.num_clients", f.num_clients(), 1));
+  MT_RETURN_IF_ERROR(AtLeast("federated.clients_per_round", f.clients_per_round(), 1));
+  if (f.clients_per_round() > f.num_clients()) {
+    return absl::InvalidArgumentError(absl::StrFormat(
+        "federated.clients_per_round = %d exceeds federated.num_clients = %d; lower it or raise "
+        "num_clients",
+        f.clients_per_round(), f.num_clients()));
+  }
+  MT_RETURN_IF_ERROR(AtLeast("federated.local_epochs", f.local_epochs(), 1));
+  MT_RETURN_IF_ERROR(AtLeast("federated.batch_size", f.batch_size(), 1));
+  if (!(f.alpha() > 0 && std::isfinite(f.alpha()))) {
+    return Bad("federated.alpha", absl::StrCat(f.alpha()),
+               "must be > 0 and finite (the Dirichlet concentration: 0.5 gives non-IID clients, "
+               "100 nearly IID ones)");
+  }
+  MT_RETURN_IF_ERROR(AtLeast("federated.min_client_samples", f.min_client_samples(), 0));
+  MT_RETURN_IF_ERROR(AtLeast("federated.eval_every", f.eval_every(), 0));
+  const Pruning& pr = f.pruning();
+  if (!(pr.density() > 0 && pr.density() <= 1)) {
+    return Bad("federated.pruning.density", absl::StrCat(pr.density()),
+               "must be in (0, 1] (the fraction of the prunable weights kept; 1 = dense)");
+  }
+  if (pr.method() == Pruning::NONE && pr.density() < 1) {
+    return Bad("federated.pruning.density", absl::StrCat(pr.density()),
+               "prunes only with a method: set federated.pruning.method to ONE_SHOT or FEDTINY, "
+               "or leave the density 1");
+  }
+  MT_RETURN_IF_ERROR(AtLeast("federated.pruning.candidates", pr.candidates(), 1));
+  MT_RETURN_IF_ERROR(AtLeast("federated.pruning.bn_batches", pr.bn_batches(), 1));
+  MT_RETURN_IF_ERROR(AtLeast("federated.pruning.adjust_rounds", pr.adjust_rounds(), 0));
+  if (!(pr.initial_rate() >= 0 && pr.initial_rate() <= 1)) {
+    return Bad("federated.pruning.initial_rate", absl::StrCat(pr.initial_rate()),
+               "must be in [0, 1] (the fraction of a layer's nonzeros revised in the first "
+               "adjustment)");
+  }
+  return absl::OkStatus();
+}
+
+}  // namespace
+
 absl::Status ValidateJob(const Job& job, int world_size) {
-  if (job.model().has_gpt()) {
+  if (job.has_federated()) {
+    MT_RETURN_IF_ERROR(ValidateFederated(job));
+  } else if (job.model().has_cnn()) {
+    return absl::InvalidArgumentError(
+        "model.cnn: the image classifier trains only in federated jobs; add a federated section "
+        "(federated { num_clients: 100 clients_per_round: 10 }) or use model.gpt");
+  } else if (job.model().has_gpt()) {
     core::GPT2Config c = ToGPT2Config(job.model().gpt());
     MT_RETURN_IF_ERROR(ToJobSpecNames(c.Validate()));
     if (job.train().seq_len() > c.max_seq_len) {
@@ -295,7 +495,7 @@ absl::Status ValidateJob(const Job& job, int world_size) {
   } else if (job.model().init_from().empty()) {
     return Bad("model.init_from", "\"\"", "give a checkpoint path or a model.gpt section");
   }
-  if (job.data().train_tokens().empty()) {
+  if (!job.has_federated() && job.data().train_tokens().empty()) {
     return Bad("data.train_tokens", "\"\"",
                "required: an llm.c token file (make one with make_tokens)");
   }
@@ -398,6 +598,22 @@ absl::Status ValidateFiles(const Job& job) {
   MT_RETURN_IF_ERROR(need("data.train_tokens", job.data().train_tokens()));
   MT_RETURN_IF_ERROR(need("data.val_tokens", job.data().val_tokens()));
   MT_RETURN_IF_ERROR(need("model.init_from", job.model().init_from()));
+  // Fashion-MNIST's folder (its files are read, and named when missing or damaged, at the start of
+  // the run, on every rank, before anything is written).
+  if (job.has_federated()) {
+    const std::string& dir = job.data().fashion_mnist_dir();
+    const std::string used = dir.empty() ? federated::DefaultFashionMnistDir() : dir;
+    std::error_code ec;
+    if (!std::filesystem::is_directory(used, ec)) {
+      return absl::NotFoundError(absl::StrFormat(
+          "data.fashion_mnist_dir = \"%s\"%s: no such folder; %s", dir,
+          dir.empty() ? absl::StrCat(" (the default, ", used, ")") : "",
+          dir.empty() ? "install Debian's dataset-fashion-mnist (apt install "
+                        "dataset-fashion-mnist) or give the folder of the four IDX files"
+                      : "give the folder of Fashion-MNIST's four IDX files (relative to the "
+                        "current directory)"));
+    }
+  }
   // The SSD tier's directory: each rank creates its file there at start (on its own node, so
   // every rank checks).
   const std::string& ssd = job.offload().ssd_path();

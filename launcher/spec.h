@@ -11,6 +11,7 @@
 #include <string>
 
 #include "absl/status/statusor.h"
+#include "core/model/cnn.h"
 #include "core/model/gpt2.h"
 #include "launcher/job.pb.h"
 
@@ -21,18 +22,23 @@ namespace memtrain::launcher {
 absl::StatusOr<Job> ParseJobFile(const std::string& path);
 absl::StatusOr<Job> ParseJobText(const std::string& text, const std::string& name);
 
-// `field.path=value`, e.g. "optimizer.adamw.lr=1e-3" or "data.train_tokens=x.bin".
+// `field.path=value`, e.g. "optimizer.adamw.lr=1e-3" or "data.train_tokens=x.bin". A repeated
+// string gets the value appended ("optimizer.no_decay=wpe"); a repeated number is replaced by the
+// list ("model.cnn.layers=[8,-1,16,-1]").
 absl::Status ApplyOverride(Job* job, const std::string& assignment);
 
 // Sets every field of every section to its effective value (defaults made explicit; AdamW if no
-// optimizer is given), so the printed spec says exactly what runs.
+// optimizer is given; model.gpt if no model is given, model.cnn in a federated job; model.cnn's
+// default layers if it lists none), so the printed spec says exactly what runs. `federated`
+// stays absent unless given.
 void FillDefaults(Job* job);
 
 // Checks ranges and consistency of a filled spec: InvalidArgument naming the field path, what is
 // wrong and what to do. Does not touch files.
 absl::Status ValidateJob(const Job& job, int world_size);
 
-// Checks that the files the spec reads exist (train/val tokens, model.init_from), and with
+// Checks that the files the spec reads exist (train/val tokens, model.init_from, a federated
+// job's data.fashion_mnist_dir folder), and with
 // offload.tier SSD that offload.ssd_path is a directory this rank can create its file in
 // (NotFound, InvalidArgument or PermissionDenied naming the field).
 absl::Status ValidateFiles(const Job& job);
@@ -94,6 +100,8 @@ int RanksOnThisNode();
 
 std::string JobToText(const Job& job);
 core::GPT2Config ToGPT2Config(const Gpt& gpt);
+// model.cnn as the model's config (empty layers: CnnConfig's default layers).
+core::CnnConfig ToCnnConfig(const Cnn& cnn);
 
 }  // namespace memtrain::launcher
 

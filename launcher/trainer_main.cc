@@ -1,4 +1,5 @@
-// trainer: runs memtrain jobs.
+// trainer: runs memtrain jobs (a job with a `federated` section runs FedAvg rounds of a CNN on
+// Fashion-MNIST, launcher/federated.h; any other the token training loop, launcher/train.h).
 //
 //   mpirun -np N trainer JOB.pbtxt [--set field.path=value ...] [--check] [--resume]
 //                  [--resume_from CHECKPOINT_FOLDER] [--stop_after N] [--quiet]
@@ -24,6 +25,7 @@
 #include "core/llmc.h"
 #include "core/threads.h"
 #include "launcher/agree.h"
+#include "launcher/federated.h"
 #include "launcher/sample.h"
 #include "launcher/spec.h"
 #include "launcher/train.h"
@@ -88,6 +90,31 @@ int Report(const absl::Status& s) {
     std::fprintf(stderr, "trainer: %s\n", std::string(s.message()).c_str());
   }
   return ExitCode(s);
+}
+
+// sample and export read GPT-2 checkpoints; a federated job's checkpoint (a CNN) is refused by
+// name instead of as an unreadable one. `path`: a checkpoint folder or a checkpoint.dir.
+absl::Status RefuseFederatedCheckpoint(const std::string& path, const char* what) {
+  std::error_code ec;
+  if (!std::filesystem::is_directory(path, ec)) return absl::OkStatus();
+  std::string folder = path;
+  if (!std::filesystem::exists(path + "/state.json", ec)) {
+    absl::StatusOr<std::string> latest = checkpoint::LatestCheckpoint(path);
+    if (!latest.ok()) return absl::OkStatus();  // LoadModel says what is wrong
+    folder = *latest;
+  }
+  std::FILE* f = std::fopen((folder + "/state.json").c_str(), "r");
+  if (f == nullptr) return absl::OkStatus();
+  char head[4096];
+  const size_t n = std::fread(head, 1, sizeof head, f);
+  std::fclose(f);
+  if (std::string(head, n).find("\"memtrain-federated/1\"") == std::string::npos) {
+    return absl::OkStatus();
+  }
+  return absl::InvalidArgumentError(absl::StrFormat(
+      "%s: %s is a checkpoint of a federated job (a CNN); %s works on GPT-2 checkpoints only "
+      "(its weights are plain safetensors: %s/model.safetensors)",
+      what, folder, what, folder));
 }
 
 int Usage(const std::string& why) {
@@ -164,7 +191,11 @@ int RunJob(const std::vector<std::string>& args) {
     }
   }
   // --check also runs the data checks of the run (vocabulary, one batch per data rank).
-  if (local.ok() && check) local = ValidateData(*job, (*world)->rank(), (*world)->size());
+  // A federated job: Fashion-MNIST read and the client partition drawn, as the run does.
+  if (local.ok() && check) {
+    local = job->has_federated() ? ValidateFederatedData(*job)
+                                 : ValidateData(*job, (*world)->rank(), (*world)->size());
+  }
   if (local.ok() && (*world)->rank() == 0) local = ValidateOutputs(*job);
   // The options that change what the ranks do together (not --quiet).
   const std::string together =
@@ -190,8 +221,13 @@ int RunJob(const std::vector<std::string>& args) {
   if (agreed.ok() && !check) {
     const float t = job->parallel().collective_timeout_s();
     parallel::SetCollectiveTimeout(t > 0 ? std::max(t, kStartupCollectiveTimeoutS) : 0.0f);
-    InstallStopHandlers(/*announce=*/(*world)->rank() == 0);
-    agreed = RunTraining(*job, options, world->get());
+    if (job->has_federated()) {  // FedAvg rounds of model.cnn instead of the token loop
+      InstallFederatedStopHandlers(/*announce=*/(*world)->rank() == 0);
+      agreed = RunFederated(*job, options, world->get());
+    } else {
+      InstallStopHandlers(/*announce=*/(*world)->rank() == 0);
+      agreed = RunTraining(*job, options, world->get());
+    }
   }
   int code = Report(agreed);
   if (const int sig = StopSignal(agreed); sig != 0) code = 128 + sig;  // as a shell reports it
@@ -232,6 +268,9 @@ int RunSample(const std::vector<std::string>& args) {
     if (!v.ok()) return Report(v.status());
     vocab = std::move(*v);
     o.vocab = &*vocab;
+  }
+  if (absl::Status fed = RefuseFederatedCheckpoint(args[0], "sample"); !fed.ok()) {
+    return Report(fed);
   }
   absl::StatusOr<std::unique_ptr<core::GPT2>> model = LoadModel(args[0]);
   if (!model.ok()) return Report(model.status());
@@ -295,6 +334,7 @@ int RunExport(const std::vector<std::string>& args) {
         out,
         own ? absl::StrFormat(" and is a file of the checkpoint being exported (%s)", from) : "")));
   }
+  if (absl::Status fed = RefuseFederatedCheckpoint(from, "export"); !fed.ok()) return Report(fed);
   absl::StatusOr<std::unique_ptr<core::GPT2>> model = LoadModel(from);
   if (!model.ok()) return Report(model.status());
   absl::Status s = core::WriteLlmcCheckpoint(**model, out);

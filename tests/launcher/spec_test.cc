@@ -351,5 +351,155 @@ TEST(SpecTest, TheMemoryErrorSuggestsTheSsdTier) {
   EXPECT_NE(s.message().find("offload.tier SSD"), std::string::npos) << s;
 }
 
+// ---- federated ----
+
+constexpr char kFederated[] = R"(
+model { cnn { layers: [8, -1, 16, -1] } }
+train { steps: 3 }
+optimizer { sgd { lr: 0.05 momentum: 0.9 } }
+federated { num_clients: 20 clients_per_round: 4 batch_size: 32 }
+)";
+
+Job FederatedWith(const std::vector<std::string>& sets) {
+  Job job = ParseJobText(kFederated, "job").value();
+  for (const std::string& set : sets) EXPECT_TRUE(ApplyOverride(&job, set).ok()) << set;
+  FillDefaults(&job);
+  return job;
+}
+
+TEST(SpecTest, FederatedDefaultsBecomeExplicit) {
+  // A bare federated section: model.cnn with its default layers, every FedAvg and pruning field.
+  Job bare = Filled("federated { }");
+  ASSERT_TRUE(bare.has_federated());
+  ASSERT_TRUE(bare.model().has_cnn());
+  EXPECT_FALSE(bare.model().has_gpt());
+  EXPECT_EQ(
+      std::vector<int>(bare.model().cnn().layers().begin(), bare.model().cnn().layers().end()),
+      (std::vector<int>{32, -1, 64, -1, 128, -1}));
+  EXPECT_EQ(bare.model().cnn().height(), 28);
+  EXPECT_EQ(bare.federated().num_clients(), 100);
+  EXPECT_EQ(bare.federated().clients_per_round(), 10);
+  EXPECT_DOUBLE_EQ(bare.federated().alpha(), 0.5);
+  EXPECT_EQ(bare.federated().eval_every(), 1);
+  EXPECT_TRUE(bare.federated().pruning().has_method());
+  EXPECT_EQ(bare.federated().pruning().method(), Pruning::NONE);
+  EXPECT_DOUBLE_EQ(bare.federated().pruning().density(), 1.0);
+  EXPECT_TRUE(ValidateJob(bare, 1).ok()) << ValidateJob(bare, 1);
+  // Without the section no federated section appears (filling the defaults must not create it).
+  EXPECT_FALSE(Filled(kGood).has_federated());
+  EXPECT_EQ(JobToText(Filled(kGood)).find("federated"), std::string::npos);
+  Job job = FederatedWith({});
+  EXPECT_TRUE(ValidateJob(job, 1).ok()) << ValidateJob(job, 1);
+  EXPECT_TRUE(ValidateJob(FederatedWith({"parallel.data=2"}), 2).ok());
+  EXPECT_EQ(ToCnnConfig(job.model().cnn()).layers, (std::vector<int>{8, -1, 16, -1}));
+  // --set on a repeated number replaces the list; a bad list names the field.
+  ASSERT_TRUE(ApplyOverride(&job, "model.cnn.layers=[4,-1]").ok());
+  EXPECT_EQ(ToCnnConfig(job.model().cnn()).layers, (std::vector<int>{4, -1}));
+  ASSERT_TRUE(ApplyOverride(&job, "model.cnn.layers=6").ok());
+  EXPECT_EQ(ToCnnConfig(job.model().cnn()).layers, (std::vector<int>{6}));
+  absl::Status bad = ApplyOverride(&job, "model.cnn.layers=[4,x]");
+  EXPECT_EQ(bad.code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_NE(bad.message().find("model.cnn.layers"), std::string::npos) << bad;
+  EXPECT_EQ(ToCnnConfig(job.model().cnn()).layers, (std::vector<int>{6}));  // unchanged
+  // Setting a pruning field creates the section.
+  Job gpt = ParseJobText(kGood, "job").value();
+  ASSERT_TRUE(ApplyOverride(&gpt, "federated.pruning.method=FEDTINY").ok());
+  EXPECT_TRUE(gpt.has_federated());
+}
+
+TEST(SpecTest, FederatedRulesNameTheFieldAndTheFix) {
+  struct Case {
+    std::vector<std::string> sets;
+    int world;
+    const char* expect;
+  };
+  const Case cases[] = {
+      {{"federated.clients_per_round=30"},
+       1,
+       "federated.clients_per_round = 30 exceeds federated.num_clients = 20"},
+      {{"federated.clients_per_round=0"}, 1, "federated.clients_per_round = 0: must be >= 1"},
+      {{"federated.num_clients=0"}, 1, "federated.num_clients = 0: must be >= 1"},
+      {{"federated.local_epochs=0"}, 1, "federated.local_epochs = 0: must be >= 1"},
+      {{"federated.batch_size=0"}, 1, "federated.batch_size = 0: must be >= 1"},
+      {{"federated.alpha=0"}, 1, "federated.alpha = 0: must be > 0 and finite"},
+      {{"federated.alpha=inf"}, 1, "federated.alpha = inf: must be > 0 and finite"},
+      {{"federated.min_client_samples=-1"}, 1, "federated.min_client_samples = -1: must be >= 0"},
+      {{"federated.eval_every=-1"}, 1, "federated.eval_every = -1: must be >= 0"},
+      {{"federated.pruning.method=ONE_SHOT", "federated.pruning.density=0"},
+       1,
+       "federated.pruning.density = 0: must be in (0, 1]"},
+      {{"federated.pruning.method=FEDTINY", "federated.pruning.density=1.5"},
+       1,
+       "federated.pruning.density = 1.5: must be in (0, 1]"},
+      {{"federated.pruning.density=0.5"},
+       1,
+       "federated.pruning.density = 0.5: prunes only with a method"},
+      {{"federated.pruning.method=FEDTINY", "federated.pruning.candidates=0"},
+       1,
+       "federated.pruning.candidates = 0: must be >= 1"},
+      {{"federated.pruning.bn_batches=0"}, 1, "federated.pruning.bn_batches = 0: must be >= 1"},
+      {{"federated.pruning.adjust_rounds=-1"},
+       1,
+       "federated.pruning.adjust_rounds = -1: must be >= 0"},
+      {{"federated.pruning.initial_rate=1.5"},
+       1,
+       "federated.pruning.initial_rate = 1.5: must be in [0, 1]"},
+      {{"model.gpt.n_layer=2"}, 1, "model.gpt: a federated job trains an image classifier"},
+      {{"model.init_from=x.bin"}, 1, "model.init_from = \"x.bin\": a federated job starts"},
+      {{"model.cnn.layers=[-1,8]"}, 1, "model.cnn.layers: a pool at position 0"},
+      {{"model.cnn.layers=[0]"}, 1, "model.cnn.layers[0] = 0: output channels must be in"},
+      {{"model.cnn.height=32"},
+       1,
+       "model.cnn.height = 32: Fashion-MNIST images are 28 pixels high"},
+      {{"model.cnn.num_classes=12"}, 1, "model.cnn.num_classes = 12: Fashion-MNIST has 10 classes"},
+      {{"data.train_tokens=t.bin"}, 1, "data.train_tokens = \"t.bin\": a federated job reads"},
+      {{"optimizer.zo.lr=1e-3"}, 1, "optimizer.zo: zeroth-order steps do not run in federated"},
+      {{"optimizer.clip_grad_norm=1"}, 1, "optimizer.clip_grad_norm = 1: is not applied"},
+      {{"train.device=cuda"}, 1, "train.device = \"cuda\": federated jobs run on the CPU only"},
+      {{"train.grad_accum=2"}, 1, "train.grad_accum = 2: has no meaning in a federated job"},
+      {{"train.recompute=true"}, 1, "train.recompute = true"},
+      {{"train.on_nonfinite=SKIP"}, 1, "train.on_nonfinite = SKIP: a federated round cannot be"},
+      {{"offload.tier=HOST"}, 1, "offload.tier = HOST: federated jobs do not offload"},
+      {{"parallel.sequence=2"}, 2, "parallel.sequence = 2: federated jobs deal their clients"},
+      {{"parallel.perturbation=2"},
+       2,
+       "parallel.perturbation = 2: federated jobs deal their clients"},
+      {{"train.steps=0"}, 1, "train.steps = 0: must be >= 1"},
+      {{}, 2, "= 1 but the job was started with 2 ranks"},
+  };
+  for (const Case& c : cases) {
+    const std::string what = absl::StrJoin(c.sets, " ");
+    Job job = FederatedWith(c.sets);
+    absl::Status s = ValidateJob(job, c.world);
+    EXPECT_EQ(s.code(), absl::StatusCode::kInvalidArgument) << what << " -> " << s;
+    EXPECT_NE(s.message().find(c.expect), std::string::npos) << what << " -> " << s;
+  }
+  // model.cnn belongs to federated jobs only.
+  Job cnn = Filled("model { cnn { } } data { train_tokens: \"t.bin\" }");
+  absl::Status s = ValidateJob(cnn, 1);
+  EXPECT_EQ(s.code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_NE(s.message().find("model.cnn: the image classifier trains only in federated jobs"),
+            std::string::npos)
+      << s;
+  // A federated job needs no token files; a missing dataset folder is named.
+  Job missing = FederatedWith({"data.fashion_mnist_dir=/nonexistent/fmnist"});
+  absl::Status files = ValidateFiles(missing);
+  EXPECT_EQ(files.code(), absl::StatusCode::kNotFound);
+  EXPECT_NE(files.message().find("data.fashion_mnist_dir = \"/nonexistent/fmnist\": no such "
+                                 "folder"),
+            std::string::npos)
+      << files;
+  Job here = FederatedWith({"data.fashion_mnist_dir=" MEMTRAIN_SOURCE_DIR});
+  EXPECT_TRUE(ValidateFiles(here).ok()) << ValidateFiles(here);
+}
+
+TEST(SpecTest, CnnAndPruningNamesBecomeJobSpecFields) {
+  absl::Status s = ToJobSpecNames(absl::InvalidArgumentError(
+      "core::CnnConfig::layers[2] = 0: output channels must be in [1, 4096]"));
+  EXPECT_EQ(s.message(), "model.cnn.layers[2] = 0: output channels must be in [1, 4096]");
+  s = ToJobSpecNames(absl::InvalidArgumentError("PruneOptions::density = 2: must be in (0, 1]"));
+  EXPECT_EQ(s.message(), "federated.pruning.density = 2: must be in (0, 1]");
+}
+
 }  // namespace
 }  // namespace memtrain::launcher

@@ -29,6 +29,13 @@
 #             ssd_path, a device budget too small refused naming the smallest that works
 #   signals   SIGTERM mid-run (one process, and both ranks of mpirun -np 2): a checkpoint after the
 #             step, exit 143, and --resume ends bit-identical to an uninterrupted run
+#   federated a federated job (FedAvg of a small CNN on Fashion-MNIST, 20 clients, 4 a round, 3
+#             rounds): test accuracy rises above 0.5; mpirun -np 2 gives byte-identical checkpoint
+#             files, partition and metrics values; FedTiny pruning stopped after round 2 and
+#             resumed ends bit-identical (weights and masks) to an uninterrupted run; bad input
+#             (clients_per_round > num_clients, density 0, a missing fashion_mnist_dir or IDX
+#             file, more clients than images) exits 2 naming the field or file, nothing written;
+#             exit 77 (skipped) without Debian's dataset-fashion-mnist
 # Usage: trainer_test.sh BUILD_DIR SOURCE_DIR CASE
 set -u
 BUILD=$1 SRC=$2 CASE=$3
@@ -689,6 +696,83 @@ signals)
     cmp "$W/mu/step_00000400/$f" "$W/mi/step_00000400/$f" || fail "2 ranks: $f differs"
   done
   echo "signals: SIGTERM saves after the step and exits 143; resuming is bit-identical"
+  ;;
+federated)
+  FM=/usr/share/datasets/fashion-mnist
+  if [ ! -e "$FM/train-images-idx3-ubyte.gz" ] && [ ! -e "$FM/train-images-idx3-ubyte" ]; then
+    echo "federated: skipped: no Fashion-MNIST in $FM (apt install dataset-fashion-mnist)"
+    exit 77
+  fi
+  FED="$W/fed.pbtxt"
+  cat > "$FED" <<'EOF'
+model { cnn { layers: [8, -1, 16, -1] } }
+train { steps: 3 }
+optimizer { sgd { lr: 0.05 momentum: 0.9 } }
+federated { num_clients: 20 clients_per_round: 4 batch_size: 32 }
+EOF
+  run() {  # run NAME [mpirun -np N] TRAINER ARGS...
+    local name=$1; shift
+    "$@" --quiet --set checkpoint.dir="$W/$name" --set output.metrics="$W/$name.jsonl" \
+      || fail "federated run $name"
+    check_json "$W/$name.jsonl"
+  }
+  # The rounds' metrics without the events, the timing and the memory.
+  rounds() { grep -v '"event"' "$1" | sed -E 's/, "peak_client_mib": [0-9.]+, "round_ms": [0-9.]+//'; }
+  $TRAINER "$FED" --check >/dev/null || fail "federated --check"
+  run one $TRAINER "$FED"
+  [ "$(rounds "$W/one.jsonl" | wc -l)" = 3 ] || fail "federated: not 3 rounds: $(cat "$W/one.jsonl")"
+  acc=$(grep -o '"test_accuracy": [0-9.]*' "$W/one.jsonl" | cut -d' ' -f2 | tr '\n' ' ')
+  echo "$acc" | awk '{ if (!($NF > 0.5 && $NF > $1)) exit 1 }' \
+    || fail "federated: test accuracy does not rise above 0.5: $acc"
+  for f in partition.json step_00000003/model.safetensors step_00000003/state.json; do
+    [ -s "$W/one/$f" ] || fail "federated: no $f in checkpoint.dir"
+  done
+  # Two ranks: the clients dealt over them, the same model bit for bit.
+  run two $MPIRUN -np 2 "$TRAINER" "$FED" --set parallel.data=2
+  for f in partition.json step_00000003/model.safetensors; do
+    cmp -s "$W/one/$f" "$W/two/$f" || fail "federated: -np 2 $f differs from -np 1"
+  done
+  diff <(rounds "$W/one.jsonl") <(rounds "$W/two.jsonl") \
+    || fail "federated: -np 2 metrics differ from -np 1"
+  # FedTiny (adaptive BN selection, then an adjustment every round): 2 + 1 rounds with --resume
+  # end bit-identical to 3, masks included.
+  T=(--set federated.pruning.method=FEDTINY --set federated.pruning.density=0.3
+     --set federated.pruning.candidates=2 --set federated.pruning.bn_batches=2
+     --set federated.pruning.adjust_rounds=3 --set federated.eval_every=0)
+  run tiny $TRAINER "$FED" "${T[@]}"
+  grep -q '"event": "pruning", "step": 0, "chosen_candidate": [01]' "$W/tiny.jsonl" \
+    || fail "federated: no pruning line: $(head -3 "$W/tiny.jsonl")"
+  grep '"step": 3,' "$W/tiny.jsonl" | grep -q '"density": 0.[23]' || fail "federated: density"
+  grep '"step": 1,' "$W/tiny.jsonl" | grep -q '"prune_bytes_up": [1-9]' \
+    || fail "federated: no FedTiny messages in round 1"
+  run split $TRAINER "$FED" "${T[@]}" --stop_after 2
+  [ "$(cat "$W/split/latest")" = step_00000002 ] || fail "federated: --stop_after 2 saved no round 2"
+  run split $TRAINER "$FED" "${T[@]}" --resume
+  for f in model masks; do
+    cmp -s "$W/tiny/step_00000003/$f.safetensors" "$W/split/step_00000003/$f.safetensors" \
+      || fail "federated: resumed $f.safetensors differs from the uninterrupted run"
+  done
+  diff <(rounds "$W/tiny.jsonl") <(rounds "$W/split.jsonl") || fail "federated: resumed metrics differ"
+  out=$($TRAINER "$FED" "${T[@]}" --quiet --set checkpoint.dir="$W/split" --resume \
+        --set train.steps=4 --set federated.seed=2 2>&1)
+  [ $? = 2 ] && echo "$out" | grep -q "federated.seed = 2 but checkpoint" \
+    || fail "federated: resume with another seed: $out"
+  # Bad input: exit 2 naming the field or file, nothing written.
+  O=(--set checkpoint.dir="$W/out/ck" --set output.metrics="$W/out/m.jsonl")
+  expect_bad "federated.clients_per_round = 30 exceeds federated.num_clients = 20" \
+    $TRAINER "$FED" "${O[@]}" --set federated.clients_per_round=30
+  expect_bad "federated.pruning.density = 0: must be in (0, 1]" $TRAINER "$FED" "${O[@]}" \
+    --set federated.pruning.method=ONE_SHOT --set federated.pruning.density=0
+  expect_bad "data.fashion_mnist_dir = \"$W/nothing\"" \
+    $TRAINER "$FED" "${O[@]}" --set data.fashion_mnist_dir="$W/nothing"
+  mkdir -p "$W/fm"
+  cp "$FM"/* "$W/fm/" && rm -f "$W"/fm/t10k-labels-idx1-ubyte*
+  expect_bad "$W/fm/t10k-labels-idx1-ubyte" \
+    $TRAINER "$FED" "${O[@]}" --set data.fashion_mnist_dir="$W/fm"
+  expect_bad "federated.num_clients = 70000 exceeds the 60000 training samples" \
+    $MPIRUN -np 2 "$TRAINER" "$FED" "${O[@]}" --set parallel.data=2 \
+    --set federated.num_clients=70000 --set federated.clients_per_round=2
+  echo "federated: test accuracy by round $acc; -np 2 == -np 1 bit for bit; FedTiny 2 + 1 rounds == 3 bit for bit; bad input refused"
   ;;
 *) fail "unknown case $CASE" ;;
 esac
