@@ -210,6 +210,19 @@ absl::StatusOr<RoundStats> FedAvg::Round(int64_t round) {
     trained += n / options_.batch_size * options_.batch_size * options_.local_epochs;
   }
   st.train_flops = 3 * model_->ForwardFlopsPerImage() * trained;
+  const std::vector<int64_t> flops = model_->StageFlopsPerImage();
+  double sparse = 0;
+  for (int s = 0; s < model_->num_stages(); ++s) {
+    const core::ParamBlock& b = model_->block(s);
+    double kept = 1.0;
+    if (b.has_mask() && b.has_view("w")) {
+      const core::ParamView& v = b.view("w");
+      const uint8_t* m = static_cast<const uint8_t*>(b.mask().raw()) + v.offset;
+      kept = static_cast<double>(std::count(m, m + v.numel, uint8_t{1})) / v.numel;
+    }
+    sparse += kept * static_cast<double>(flops[s]);
+  }
+  st.train_flops_sparse = static_cast<int64_t>(3.0 * sparse * static_cast<double>(trained));
   st.bytes_up = st.bytes_down = static_cast<int64_t>(k) * per_client;
   return st;
 }

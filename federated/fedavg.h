@@ -70,10 +70,12 @@ class ClientPlugin {
 };
 
 struct RoundStats {
-  std::vector<int> clients;       // sampled, in aggregation order
-  double train_loss = 0.0;        // mean over the clients' last local epoch, sample-weighted
-  int64_t samples = 0;            // training samples of the sampled clients
-  int64_t train_flops = 0;        // forward + backward FLOPs of the round, all clients (dense)
+  std::vector<int> clients;  // sampled, in aggregation order
+  double train_loss = 0.0;   // mean over the clients' last local epoch, sample-weighted
+  int64_t samples = 0;       // training samples of the sampled clients
+  int64_t train_flops = 0;   // forward + backward FLOPs of the round, all clients (dense)
+  // The same counting only the kept weights of masked layers (what sparse kernels would do).
+  int64_t train_flops_sparse = 0;
   int64_t bytes_up = 0;           // what the clients send (their weights, f32)
   int64_t bytes_down = 0;         // what they receive (the global weights, f32)
   int64_t peak_client_bytes = 0;  // device memory of one client's training (allocator peak)

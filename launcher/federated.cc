@@ -692,12 +692,14 @@ absl::Status RunFederated(const Job& job, const TrainOptions& options,
       }
       report.Json(absl::StrFormat(
           R"({"step": %d, "train_loss": %s, %s"lr": %s, "density": %s, "densities": %s, )"
-          R"("clients": %d, "samples": %d, "train_flops": %s, "bytes_up": %d, "bytes_down": %d, )"
+          R"("clients": %d, "samples": %d, "train_flops": %s, "train_flops_sparse": %s, )"
+          R"("bytes_up": %d, "bytes_down": %d, )"
           R"("prune_bytes_up": %d, "peak_client_mib": %.2f, "round_ms": %.3f})",
           done, JsonNumber(st.train_loss), test_fields, JsonNumber(lr),
           JsonNumber(pruner.density()), DensitiesJson(pruner), k, st.samples,
-          JsonNumber(static_cast<double>(st.train_flops) / k, "%.0f"), st.bytes_up, st.bytes_down,
-          pruner.round_bytes_up(), st.peak_client_bytes / 1048576.0, 1e3 * round_s));
+          JsonNumber(static_cast<double>(st.train_flops) / k, "%.0f"),
+          JsonNumber(static_cast<double>(st.train_flops_sparse) / k, "%.0f"), st.bytes_up,
+          st.bytes_down, pruner.round_bytes_up(), st.peak_client_bytes / 1048576.0, 1e3 * round_s));
       report.Progress(
           absl::StrFormat("round %d/%d | loss %.4f%s | density %.3f | %.0f ms/round | ETA %s", done,
                           t.steps(), st.train_loss,

@@ -330,6 +330,13 @@ int64_t Cnn::Correct() const {
   return correct;
 }
 
+std::vector<int64_t> Cnn::StageFlopsPerImage() const {
+  std::vector<int64_t> f;
+  for (const Layer& l : layers_) f.push_back(2LL * l.OC * l.C * 9 * l.H * l.W);
+  f.push_back(2LL * config_.num_classes * features_);
+  return f;
+}
+
 int64_t Cnn::ForwardFlopsPerImage() const {
   int64_t f = 0;
   for (const Layer& l : layers_) f += 2LL * l.OC * l.C * 9 * l.H * l.W;

@@ -73,6 +73,8 @@ class Cnn : public Model {
 
   // Forward FLOPs of one image (multiply-adds x 2 of the convolutions and the head).
   int64_t ForwardFlopsPerImage() const;
+  // The same per stage (conv layers, then the head).
+  std::vector<int64_t> StageFlopsPerImage() const;
 
   // ---- BatchNorm statistics (FedTiny's adaptive BN selection) ----
   // While on, every forward normalises with the batch statistics (as in training) and adds them,
