@@ -4,18 +4,16 @@
 // with N. Exit 77 without Debian's dataset-fashion-mnist.
 //
 //   bench_federated [--clients 100,1000] [--per_round 20] [--rounds 3] [--batch 32]
-#include <sys/wait.h>
-#include <unistd.h>
 
 #include <chrono>
 #include <cstdio>
 #include <cstring>
-#include <fstream>
 #include <string>
 #include <vector>
 
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_split.h"
+#include "bench/bench_util.h"
 #include "core/threads.h"
 #include "federated/fashion_mnist.h"
 #include "federated/fedavg.h"
@@ -32,20 +30,6 @@ struct Result {
   int64_t rss_kib = 0, model_params = 0;
   int ok = 0;
 };
-
-int64_t PeakRssKib() {
-  std::ifstream f("/proc/self/status");
-  std::string key;
-  int64_t v = 0;
-  while (f >> key) {
-    if (key == "VmHWM:") {
-      f >> v;
-      return v;
-    }
-    f.ignore(1 << 20, '\n');
-  }
-  return -1;
-}
 
 Result Run(int clients, int per_round, int rounds, int batch) {
   Result r;
@@ -79,27 +63,8 @@ Result Run(int clients, int per_round, int rounds, int batch) {
   r.images_per_s = images / s;
   auto ev = fed.Evaluate({data->test.images.data(), data->test.labels.data(), data->test.size()});
   r.accuracy = ev.ok() ? ev->accuracy : 0.0;
-  r.rss_kib = PeakRssKib();
+  r.rss_kib = bench::PeakRssKib();
   r.ok = 1;
-  return r;
-}
-
-Result InChild(int clients, int per_round, int rounds, int batch) {
-  int fds[2];
-  if (pipe(fds) != 0) return {};
-  const pid_t pid = fork();
-  if (pid == 0) {
-    close(fds[0]);
-    const Result r = Run(clients, per_round, rounds, batch);
-    (void)!write(fds[1], &r, sizeof(r));
-    _exit(0);
-  }
-  close(fds[1]);
-  Result r;
-  if (read(fds[0], &r, sizeof(r)) != sizeof(r)) r.ok = 0;
-  close(fds[0]);
-  int status = 0;
-  waitpid(pid, &status, 0);
   return r;
 }
 
@@ -137,7 +102,7 @@ int main(int argc, char** argv) {
               "accuracy");
   std::vector<Result> rs;
   for (int n : ns) {
-    const Result r = InChild(n, per_round, rounds, batch);
+    const Result r = bench::RunInChild<Result>([&] { return Run(n, per_round, rounds, batch); });
     if (!r.ok) {
       std::fprintf(stderr, "bench_federated: the run with %d clients failed\n", n);
       return 1;

@@ -10,19 +10,17 @@
 //
 //   bench_offload [--shape 124m|small] [--B 1] [--T 64] [--steps 3] [--tier HOST|SSD]
 //                 [--dir /tmp] [--k 2] [--kp 1] [--depth 1] [--on_device]
-#include <sys/wait.h>
-#include <unistd.h>
 
 #include <algorithm>
 #include <chrono>
 #include <cstdio>
 #include <cstring>
-#include <fstream>
 #include <memory>
 #include <string>
 #include <vector>
 
 #include "bench/bench_shapes.h"
+#include "bench/bench_util.h"
 #include "core/allocator.h"
 #include "core/engine.h"
 #include "core/model/gpt2.h"
@@ -50,20 +48,6 @@ struct Result {  // sent from a child through a pipe
   float losses[16] = {};
   int ok = 0;
 };
-
-int64_t PeakRssKib() {
-  std::ifstream f("/proc/self/status");
-  std::string key;
-  int64_t v = 0;
-  while (f >> key) {
-    if (key == "VmHWM:") {
-      f >> v;
-      return v;
-    }
-    f.ignore(1 << 20, '\n');
-  }
-  return -1;
-}
 
 Result Run(const Args& a, bool offload) {
   Result r;
@@ -140,27 +124,8 @@ Result Run(const Args& a, bool offload) {
     r.read_mib = st.bytes_read / 1048576.0 / a.steps;
     r.written_mib = st.bytes_written / 1048576.0 / a.steps;
   }
-  r.rss_kib = PeakRssKib();
+  r.rss_kib = bench::PeakRssKib();
   r.ok = 1;
-  return r;
-}
-
-Result InChild(const Args& a, bool offload) {
-  int fds[2];
-  if (pipe(fds) != 0) return {};
-  const pid_t pid = fork();
-  if (pid == 0) {
-    close(fds[0]);
-    const Result r = Run(a, offload);
-    (void)!write(fds[1], &r, sizeof(r));
-    _exit(0);
-  }
-  close(fds[1]);
-  Result r;
-  if (read(fds[0], &r, sizeof(r)) != sizeof(r)) r.ok = 0;
-  close(fds[0]);
-  int status = 0;
-  waitpid(pid, &status, 0);
   return r;
 }
 
@@ -205,8 +170,8 @@ int main(int argc, char** argv) {
       "%s tier, k=%d k'=%d prefetch=%d, optimizer on the %s, %d threads\n",
       a.shape.c_str(), a.B, a.T, a.steps, a.tier.c_str(), a.k, a.kp, a.depth,
       a.on_device ? "device" : "host", core::InitThreads());
-  const Result base = InChild(a, false);
-  const Result off = InChild(a, true);
+  const Result base = bench::RunInChild<Result>([&] { return Run(a, false); });
+  const Result off = bench::RunInChild<Result>([&] { return Run(a, true); });
   if (!base.ok || !off.ok) {
     std::fprintf(stderr, "bench_offload: a run failed\n");
     return 1;

@@ -34,9 +34,11 @@
 #include "federated/pruning.h"
 #include "launcher/agree.h"
 #include "launcher/field_names.h"
+#include "launcher/loop.h"
 #include "launcher/make_optimizer.h"
 #include "launcher/reporter.h"
 #include "launcher/spec.h"
+#include "launcher/train.h"
 #include "nlohmann/json.hpp"
 #include "optim/schedule.h"
 
@@ -48,27 +50,6 @@ using Clock = std::chrono::steady_clock;
 using Json = nlohmann::json;
 
 constexpr char kFormat[] = "memtrain-federated/1";
-// The payload of a stop by signal; the same as RunTraining's (launcher/train.cc), so that
-// StopSignal reads both.
-constexpr char kSignalPayload[] = "memtrain/stop-signal";
-
-std::atomic<int> stop_signal{0};
-bool announce_stop = false;
-
-void OnStopSignal(int sig) {
-  if (stop_signal.exchange(sig) != 0) {  // the second one: at once
-    std::signal(sig, SIG_DFL);
-    std::raise(sig);
-    return;
-  }
-  if (announce_stop) {
-    constexpr char kMessage[] =
-        "\ntrainer: stop requested: finishing the round and saving a checkpoint (signal again to "
-        "stop at once)\n";
-    [[maybe_unused]] ssize_t n = write(STDERR_FILENO, kMessage, sizeof kMessage - 1);
-  }
-}
-
 std::string FashionDir(const Job& job) {
   const std::string& dir = job.data().fashion_mnist_dir();
   return dir.empty() ? federated::DefaultFashionMnistDir() : dir;
@@ -314,26 +295,6 @@ struct LoadedFederated {
   std::optional<core::SafetensorsFile> masks;
 };
 
-// A damaged newest checkpoint (with --resume): say how to resume from an older one.
-absl::Status WithOlder(const absl::Status& s, const std::string& dir, const std::string& damaged) {
-  if (s.code() != absl::StatusCode::kDataLoss) return s;
-  std::string older;
-  for (const std::string& f : checkpoint::ListCheckpoints(dir)) {
-    if (f != damaged) {
-      older = f;
-      break;
-    }
-  }
-  return absl::DataLossError(absl::StrCat(
-      s.message(), older.empty()
-                       ? absl::StrFormat("; no other checkpoint is in %s: run without --resume to "
-                                         "start over",
-                                         dir)
-                       : absl::StrFormat("; to resume from the one before it, run with "
-                                         "--resume_from %s instead of --resume",
-                                         older)));
-}
-
 absl::StatusOr<LoadedFederated> ReadFolder(const Job& job, const std::string& folder) {
   auto bad = [&](const std::string& why) {
     return absl::DataLossError(absl::StrFormat("checkpoint %s: %s", folder, why));
@@ -398,7 +359,7 @@ absl::StatusOr<LoadedFederated> ReadCheckpoint(const Job& job, const TrainOption
           "--resume needs checkpoint.dir: the folder the interrupted run saved into");
     }
     absl::StatusOr<std::string> latest = checkpoint::LatestCheckpoint(dir);
-    if (!latest.ok()) return WithOlder(latest.status(), dir, "");
+    if (!latest.ok()) return WithOlderCheckpoints(latest.status(), dir, "");
     folder = *latest;
   } else if (!fs::is_regular_file(folder + "/state.json")) {
     return absl::NotFoundError(absl::StrFormat(
@@ -408,7 +369,8 @@ absl::StatusOr<LoadedFederated> ReadCheckpoint(const Job& job, const TrainOption
   }
   absl::StatusOr<LoadedFederated> loaded = ReadFolder(job, folder);
   if (!loaded.ok()) {
-    return options.resume_from.empty() ? WithOlder(loaded.status(), dir, folder) : loaded.status();
+    return options.resume_from.empty() ? WithOlderCheckpoints(loaded.status(), dir, folder)
+                                       : loaded.status();
   }
   if (loaded->round >= job.train().steps()) {
     return absl::InvalidArgumentError(absl::StrFormat(
@@ -503,16 +465,6 @@ std::string DensitiesJson(const federated::Pruner& pruner) {
 }
 
 }  // namespace
-
-void InstallFederatedStopHandlers(bool announce) {
-  announce_stop = announce;
-  struct sigaction sa = {};
-  sa.sa_handler = OnStopSignal;
-  sigemptyset(&sa.sa_mask);
-  sa.sa_flags = SA_RESTART;
-  sigaction(SIGTERM, &sa, nullptr);
-  sigaction(SIGINT, &sa, nullptr);
-}
 
 absl::Status ValidateFederatedData(const Job& job) {
   federated::FashionMnist data;
@@ -647,7 +599,7 @@ absl::Status RunFederated(const Job& job, const TrainOptions& options,
     local = stats.ok() ? pruner.AfterRound(fed, r) : stats.status();
     // A failed metrics write or evaluation on rank 0 stops every rank here too, and a stop signal
     // on any rank makes every rank stop after this round.
-    int stop = stop_signal.load();
+    int stop = PendingStopSignal();
     if (local.ok() && rank == 0) local = !pending.ok() ? pending : report.status();
     MT_RETURN_IF_ERROR(AgreeOnStatus(world, local, &stop));
     const federated::RoundStats& st = *stats;
@@ -735,8 +687,7 @@ absl::Status RunFederated(const Job& job, const TrainOptions& options,
                           c.dir().empty() ? "no checkpoint.dir, so nothing was saved"
                                           : absl::StrFormat("continue with --resume (from %s/%s)",
                                                             c.dir(), StepName(done))));
-      stopped.SetPayload(kSignalPayload, absl::Cord(absl::StrCat(stop)));
-      return stopped;
+      return WithStopSignal(std::move(stopped), stop);
     }
   }
   absl::Status closed;

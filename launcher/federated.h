@@ -37,8 +37,8 @@ namespace memtrain::launcher {
 // `job` must be filled and validated (ValidateJob) for world->size() ranks and have `federated`.
 // Every rank calls it. Errors before the first round (a missing or damaged dataset, a partition
 // that cannot be drawn, a bad checkpoint) are agreed over all ranks before anything is written.
-// After InstallFederatedStopHandlers, SIGTERM or SIGINT on any rank end the run on every rank
-// after the same round, with a checkpoint (if checkpoint.dir is set): Cancelled, whose
+// After InstallStopHandlers (launcher/train.h), SIGTERM or SIGINT on any rank end the run on every
+// rank after the same round, with a checkpoint (if checkpoint.dir is set): Cancelled, whose
 // StopSignal (launcher/train.h) is the signal.
 absl::Status RunFederated(const Job& job, const TrainOptions& options,
                           parallel::Communicator* world);
@@ -48,8 +48,6 @@ absl::Status RunFederated(const Job& job, const TrainOptions& options,
 absl::Status ValidateFederatedData(const Job& job);
 
 // SIGTERM and SIGINT ask RunFederated to stop after the current round (a second one ends the
-// process at once). `announce`: print a line when one arrives.
-void InstallFederatedStopHandlers(bool announce);
 
 }  // namespace memtrain::launcher
 

@@ -65,6 +65,11 @@ struct Setup {
 absl::Status BuildSetup(const Job& job, const TrainOptions& options, int data_rank, int data_size,
                         core::ModelMode mode, Setup* s, parallel::Communicator* sequence = nullptr);
 
+// A damaged newest checkpoint (DataLoss from reading `damaged` in `dir`; other errors pass):
+// the message says how to resume from the one before it, or that there is none.
+absl::Status WithOlderCheckpoints(const absl::Status& s, const std::string& dir,
+                                  const std::string& damaged);
+
 // Opens the token files and makes this data rank's loaders: the vocabulary check (ids below
 // `vocab`) and one batch of B*T+1 tokens per data rank. ValidateData (--check) runs the same.
 absl::Status OpenData(const Job& job, int vocab, int data_rank, int data_size, Setup* s);

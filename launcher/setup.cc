@@ -30,6 +30,8 @@ absl::Status CheckSameModel(const core::GPT2Config& want, const core::GPT2Config
   return absl::OkStatus();
 }
 
+}  // namespace
+
 // A damaged newest checkpoint: say how to resume from an older one.
 absl::Status WithOlderCheckpoints(const absl::Status& s, const std::string& dir,
                                   const std::string& damaged) {
@@ -50,8 +52,6 @@ absl::Status WithOlderCheckpoints(const absl::Status& s, const std::string& dir,
                                          "--resume_from %s instead of --resume",
                                          older)));
 }
-
-}  // namespace
 
 // The GPU of this rank: its index among the ranks of its node (as the MPI launcher numbers
 // them) modulo the node's GPUs.

@@ -3,9 +3,11 @@
 #include <signal.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <atomic>
 #include <chrono>
 #include <csignal>
+#include <cstdio>
 #include <memory>
 #include <optional>
 #include <string>
@@ -30,6 +32,8 @@ using Clock = std::chrono::steady_clock;
 constexpr char kSignalPayload[] = "memtrain/stop-signal";
 std::atomic<int> stop_signal{0};
 bool announce_stop = false;
+char stop_message[160];  // written before the handlers are installed; read by them
+int stop_message_len = 0;
 
 void OnStopSignal(int sig) {
   if (stop_signal.exchange(sig) != 0) {  // the second one: at once
@@ -38,17 +42,26 @@ void OnStopSignal(int sig) {
     return;
   }
   if (announce_stop) {
-    constexpr char kMessage[] =
-        "\ntrainer: stop requested: finishing the step and saving a checkpoint (signal again to "
-        "stop at once)\n";
-    [[maybe_unused]] ssize_t n = write(STDERR_FILENO, kMessage, sizeof kMessage - 1);
+    [[maybe_unused]] ssize_t n = write(STDERR_FILENO, stop_message, stop_message_len);
   }
 }
 
 }  // namespace
 
-void InstallStopHandlers(bool announce) {
+int PendingStopSignal() { return stop_signal.load(); }
+
+absl::Status WithStopSignal(absl::Status stopped, int sig) {
+  stopped.SetPayload(kSignalPayload, absl::Cord(absl::StrCat(sig)));
+  return stopped;
+}
+
+void InstallStopHandlers(bool announce, const char* unit) {
   announce_stop = announce;
+  stop_message_len = std::snprintf(stop_message, sizeof stop_message,
+                                   "\ntrainer: stop requested: finishing the %s and saving a "
+                                   "checkpoint (signal again to stop at once)\n",
+                                   unit);
+  stop_message_len = std::min<int>(stop_message_len, sizeof stop_message - 1);
   struct sigaction sa = {};
   sa.sa_handler = OnStopSignal;
   sigemptyset(&sa.sa_mask);
@@ -161,7 +174,7 @@ absl::Status RunTraining(const Job& job, const TrainOptions& options,
     absl::StatusOr<StepResult> stepped = strategy->Step(step, lr, log);
     // A failed metrics write on rank 0 (the previous step's lines) stops every rank here too, and
     // a stop signal on any rank makes every rank stop after this step.
-    int stop = stop_signal.load();
+    int stop = PendingStopSignal();
     MT_RETURN_IF_ERROR(
         AgreeOnStatus(world, !stepped.ok() ? stepped.status() : report.status(), &stop));
     const StepResult& result = *stepped;
@@ -271,8 +284,7 @@ absl::Status RunTraining(const Job& job, const TrainOptions& options,
                               : absl::StrFormat("checkpoint %s/step_%08d saved: continue with "
                                                 "--resume",
                                                 c.dir(), step + 1)));
-      stopped.SetPayload(kSignalPayload, absl::Cord(absl::StrCat(stop)));
-      return stopped;
+      return WithStopSignal(std::move(stopped), stop);
     }
   }
   if (rank == 0) {

@@ -41,10 +41,15 @@ absl::Status RunTraining(const Job& job, const TrainOptions& options,
 // the run's own errors. Reads the model's sizes from model.init_from when it has no model.gpt.
 absl::Status ValidateData(const Job& job, int data_rank, int data_size);
 
-// SIGTERM and SIGINT ask RunTraining to stop after the current step (a second one ends the
-// process at once, by the signal's default action). `announce`: print a line when one arrives.
-void InstallStopHandlers(bool announce);
-// The signal that stopped a run, from RunTraining's status (0 if none).
+// SIGTERM and SIGINT ask a run (RunTraining, RunFederated) to stop after the current step or
+// round (a second one ends the process at once, by the signal's default action). `announce`:
+// print a line when one arrives, saying that the current `unit` ("step", "round") finishes first.
+void InstallStopHandlers(bool announce, const char* unit = "step");
+// The signal that asked to stop since InstallStopHandlers (0: none).
+int PendingStopSignal();
+// `stopped` carrying the signal, for StopSignal.
+absl::Status WithStopSignal(absl::Status stopped, int sig);
+// The signal that stopped a run, from its status (0 if none).
 int StopSignal(const absl::Status& s);
 
 }  // namespace memtrain::launcher

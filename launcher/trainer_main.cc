@@ -222,7 +222,7 @@ int RunJob(const std::vector<std::string>& args) {
     const float t = job->parallel().collective_timeout_s();
     parallel::SetCollectiveTimeout(t > 0 ? std::max(t, kStartupCollectiveTimeoutS) : 0.0f);
     if (job->has_federated()) {  // FedAvg rounds of model.cnn instead of the token loop
-      InstallFederatedStopHandlers(/*announce=*/(*world)->rank() == 0);
+      InstallStopHandlers(/*announce=*/(*world)->rank() == 0, "round");
       agreed = RunFederated(*job, options, world->get());
     } else {
       InstallStopHandlers(/*announce=*/(*world)->rank() == 0);
