@@ -140,30 +140,86 @@ std::string LatestName(const std::string& dir) {
   return name.ok() ? std::string(absl::StripAsciiWhitespace(*name)) : "";
 }
 
-// Removes `path` (a temporary folder) when it goes out of scope, unless released.
-class RemoveOnExit {
- public:
-  explicit RemoveOnExit(std::string path) : path_(std::move(path)) {}
-  ~RemoveOnExit() {
-    std::error_code ec;
-    if (!path_.empty()) fs::remove_all(path_, ec);
-  }
-  void Release() { path_.clear(); }
-
- private:
-  std::string path_;
-};
-
 }  // namespace
 
-absl::Status SaveCheckpoint(const std::string& dir, int keep, const TrainState& state,
-                            core::GPT2& model, const optim::Optimizer& opt) {
+absl::StatusOr<std::unique_ptr<CheckpointWriter>> CheckpointWriter::Begin(const std::string& dir,
+                                                                          const std::string& name) {
   std::error_code ec;
   fs::create_directories(dir, ec);
   if (ec) {
     return absl::PermissionDeniedError(
         absl::StrFormat("checkpoint.dir = \"%s\": cannot create it: %s", dir, ec.message()));
   }
+  std::unique_ptr<CheckpointWriter> w(new CheckpointWriter());
+  w->dir_ = dir;
+  w->name_ = name;
+  w->final_dir_ = dir + "/" + name;
+  for (const Saved& c : SavedCheckpoints(dir)) w->serial_ = std::max(w->serial_, c.serial + 1);
+  w->tmp_ = absl::StrFormat("%s.tmp.%d", w->final_dir_, getpid());
+  fs::remove_all(w->tmp_, ec);
+  fs::create_directories(w->tmp_, ec);
+  if (ec) {
+    const std::string why = ec.message();
+    w->published_ = true;  // nothing to remove
+    return absl::PermissionDeniedError(absl::StrFormat("cannot create %s: %s", w->tmp_, why));
+  }
+  return w;
+}
+
+CheckpointWriter::~CheckpointWriter() {
+  std::error_code ec;
+  if (!published_) fs::remove_all(tmp_, ec);  // on any failure, no temporary folder is left
+}
+
+absl::Status CheckpointWriter::Publish(const std::string& state_json, int keep) {
+  const std::string& dir = dir_;
+  const std::string& name = name_;
+  const std::string& tmp = tmp_;
+  const std::string& final_dir = final_dir_;
+  std::error_code ec;
+  MT_RETURN_IF_ERROR(core::WriteFileAtomically(tmp + "/state.json", [&](std::FILE* f) {
+    return core::WriteAll(f, state_json.data(), state_json.size(), tmp + "/state.json");
+  }));
+  FsyncDir(tmp);
+  // Replace an existing checkpoint of the same name only after the new one is complete.
+  const std::string old = final_dir + ".old";
+  if (fs::exists(final_dir)) {
+    fs::remove_all(old, ec);
+    fs::rename(final_dir, old, ec);
+    if (ec) {
+      return absl::UnavailableError(
+          absl::StrFormat("rename %s -> %s failed: %s", final_dir, old, ec.message()));
+    }
+  }
+  fs::rename(tmp, final_dir, ec);
+  if (ec) {
+    const std::string why = ec.message();
+    if (fs::exists(old)) fs::rename(old, final_dir, ec);  // put the previous one back
+    return absl::UnavailableError(
+        absl::StrFormat("rename %s -> %s failed: %s", tmp, final_dir, why));
+  }
+  published_ = true;
+  fs::remove_all(old, ec);
+  FsyncDir(dir);
+  MT_RETURN_IF_ERROR(core::WriteFileAtomically(dir + "/latest", [&](std::FILE* f) {
+    return core::WriteAll(f, name.data(), name.size(), dir + "/latest");
+  }));
+  // Keep the `keep` checkpoints written last (not those of the highest steps: a run that restarts
+  // lower in the same folder keeps what it writes); never the one just written or `latest`.
+  const std::string latest = LatestName(dir);
+  int kept = 0;
+  for (const Saved& c : SavedCheckpoints(dir)) {
+    if (kept < keep || c.name == name || c.name == latest) {
+      ++kept;
+      continue;
+    }
+    fs::remove_all(dir + "/" + c.name, ec);
+  }
+  return absl::OkStatus();
+}
+
+absl::Status SaveCheckpoint(const std::string& dir, int keep, const TrainState& state,
+                            core::GPT2& model, const optim::Optimizer& opt) {
   const std::string name = StepName(state.step);
   const std::string final_dir = dir + "/" + name;
   // A NaN or infinity never reaches a checkpoint: refuse before anything is written.
@@ -184,17 +240,8 @@ absl::Status SaveCheckpoint(const std::string& dir, int keep, const TrainState& 
       MT_RETURN_IF_ERROR(refuse_nonfinite("optimizer state " + model.block(s).name() + "." + n, t));
     }
   }
-  const std::vector<Saved> before = SavedCheckpoints(dir);
-  int64_t serial = 1;
-  for (const Saved& c : before) serial = std::max(serial, c.serial + 1);
-
-  const std::string tmp = absl::StrFormat("%s.tmp.%d", final_dir, getpid());
-  fs::remove_all(tmp, ec);
-  fs::create_directories(tmp, ec);
-  if (ec) {
-    return absl::PermissionDeniedError(absl::StrFormat("cannot create %s: %s", tmp, ec.message()));
-  }
-  RemoveOnExit remove_tmp(tmp);  // on any failure below, no temporary folder is left
+  MT_ASSIGN_OR_RETURN(std::unique_ptr<CheckpointWriter> writer, CheckpointWriter::Begin(dir, name));
+  const std::string& tmp = writer->tmp();
 
   MT_ASSIGN_OR_RETURN(core::FileDigest model_digest,
                       core::WriteSafetensors(tmp + "/model.safetensors", ModelTensors(model),
@@ -214,52 +261,13 @@ absl::Status SaveCheckpoint(const std::string& dir, int keep, const TrainState& 
   files["optimizer.safetensors"] = {{"bytes", opt_digest.bytes}, {"crc32", opt_digest.crc32}};
   Json manifest = {{"format", kFormat},
                    {"step", state.step},
-                   {"serial", serial},
+                   {"serial", writer->serial()},
                    {"batches_consumed", state.batches_consumed},
                    {"optimizer_step", opt.step()},
                    {"model", ConfigJson(model.config())},
                    {"files", files},
                    {"job", state.job_text}};
-  const std::string text = manifest.dump(2);
-  MT_RETURN_IF_ERROR(core::WriteFileAtomically(tmp + "/state.json", [&](std::FILE* f) {
-    return core::WriteAll(f, text.data(), text.size(), tmp + "/state.json");
-  }));
-  FsyncDir(tmp);
-  // Replace an existing checkpoint of the same step only after the new one is complete.
-  const std::string old = final_dir + ".old";
-  if (fs::exists(final_dir)) {
-    fs::remove_all(old, ec);
-    fs::rename(final_dir, old, ec);
-    if (ec) {
-      return absl::UnavailableError(
-          absl::StrFormat("rename %s -> %s failed: %s", final_dir, old, ec.message()));
-    }
-  }
-  fs::rename(tmp, final_dir, ec);
-  if (ec) {
-    const std::string why = ec.message();
-    if (fs::exists(old)) fs::rename(old, final_dir, ec);  // put the previous one back
-    return absl::UnavailableError(
-        absl::StrFormat("rename %s -> %s failed: %s", tmp, final_dir, why));
-  }
-  remove_tmp.Release();
-  fs::remove_all(old, ec);
-  FsyncDir(dir);
-  MT_RETURN_IF_ERROR(core::WriteFileAtomically(dir + "/latest", [&](std::FILE* f) {
-    return core::WriteAll(f, name.data(), name.size(), dir + "/latest");
-  }));
-  // Keep the `keep` checkpoints written last (not those of the highest steps: a run that restarts
-  // lower in the same folder keeps what it writes); never the one just written or `latest`.
-  const std::string latest = LatestName(dir);
-  int kept = 0;
-  for (const Saved& c : SavedCheckpoints(dir)) {
-    if (kept < keep || c.name == name || c.name == latest) {
-      ++kept;
-      continue;
-    }
-    fs::remove_all(dir + "/" + c.name, ec);
-  }
-  return absl::OkStatus();
+  return writer->Publish(manifest.dump(2), keep);
 }
 
 std::vector<std::string> ListCheckpoints(const std::string& dir) {

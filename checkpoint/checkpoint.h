@@ -41,6 +41,38 @@ struct TrainState {
 absl::Status SaveCheckpoint(const std::string& dir, int keep, const TrainState& state,
                             core::GPT2& model, const optim::Optimizer& opt);
 
+// How every checkpoint folder is written, whatever it holds (GPT-2 jobs, federated jobs):
+// files go into dir/<name>.tmp.<pid>; Publish writes state.json there, replaces dir/<name>
+// atomically (an existing one only once the new one is complete), points dir/latest at it and
+// keeps the `keep` checkpoints written last (never the new one or `latest`). A writer destroyed
+// without a successful Publish removes its temporary folder.
+//
+//   MT_ASSIGN_OR_RETURN(auto w, checkpoint::CheckpointWriter::Begin(dir, "step_00000010"));
+//   core::WriteSafetensors(w->tmp() + "/model.safetensors", ...);
+//   manifest["serial"] = w->serial();
+//   MT_RETURN_IF_ERROR(w->Publish(manifest.dump(2), keep));
+class CheckpointWriter {
+ public:
+  // Creates `dir` (PermissionDenied naming checkpoint.dir) and the temporary folder.
+  static absl::StatusOr<std::unique_ptr<CheckpointWriter>> Begin(const std::string& dir,
+                                                                 const std::string& name);
+  ~CheckpointWriter();
+  CheckpointWriter(const CheckpointWriter&) = delete;
+  CheckpointWriter& operator=(const CheckpointWriter&) = delete;
+
+  const std::string& tmp() const { return tmp_; }
+  const std::string& final_dir() const { return final_dir_; }
+  // The write order of this checkpoint in `dir` (one more than any there), for state.json.
+  int64_t serial() const { return serial_; }
+  absl::Status Publish(const std::string& state_json, int keep);
+
+ private:
+  CheckpointWriter() = default;
+  std::string dir_, name_, final_dir_, tmp_;
+  int64_t serial_ = 1;
+  bool published_ = false;
+};
+
 // The newest checkpoint folder in `dir` (from <dir>/latest, whose surrounding whitespace is
 // ignored); NotFound if there is none, DataLoss if `latest` names a folder that is not there.
 absl::StatusOr<std::string> LatestCheckpoint(const std::string& dir);

@@ -210,6 +210,22 @@ absl::Status Pruner::AdaptiveBnSelection(FedAvg& fed) {
       std::copy(dense[s].begin(), dense[s].end(), model_->block(s).params().f32());
     }
   };
+  // Every BN layer's running mean and variance from `stats` (per layer: mean, then var).
+  auto write_stats = [&](const std::vector<double>& stats) {
+    int64_t off = 0;
+    for (int s = 0; s < model_->num_stages(); ++s) {
+      core::ParamBlock& b = model_->block(s);
+      if (!b.has_view("bn_mean")) continue;
+      const int64_t C = b.view("bn_mean").numel;
+      float* mean = b.params().f32() + b.view("bn_mean").offset;
+      float* var = b.params().f32() + b.view("bn_var").offset;
+      for (int64_t c = 0; c < C; ++c) {
+        mean[c] = static_cast<float>(stats[off + c]);
+        var[c] = static_cast<float>(stats[off + C + c]);
+      }
+      off += 2 * C;
+    }
+  };
   int64_t bn = 0;
   for (int s = 0; s < model_->num_stages(); ++s) {
     if (model_->block(s).has_view("bn_mean")) bn += 2 * model_->block(s).view("bn_mean").numel;
@@ -257,20 +273,19 @@ absl::Status Pruner::AdaptiveBnSelection(FedAvg& fed) {
         off += 2 * C;
       }
     }
-    int64_t off = 0;
-    for (int s = 0; s < model_->num_stages(); ++s) {
-      core::ParamBlock& b = model_->block(s);
-      if (!b.has_view("bn_mean")) continue;
-      const int64_t C = b.view("bn_mean").numel;
-      float* mean = b.params().f32() + b.view("bn_mean").offset;
-      float* var = b.params().f32() + b.view("bn_var").offset;
-      for (int64_t c = 0; c < C; ++c) {
-        avg[off + C + c] = std::max(0.0, mean_sq[off + c] - avg[off + c] * avg[off + c]);
-        mean[c] = static_cast<float>(avg[off + c]);
-        var[c] = static_cast<float>(avg[off + C + c]);
+    {
+      int64_t off = 0;  // the variances from E[x^2] - mean^2
+      for (int s = 0; s < model_->num_stages(); ++s) {
+        const core::ParamBlock& b = model_->block(s);
+        if (!b.has_view("bn_mean")) continue;
+        const int64_t C = b.view("bn_mean").numel;
+        for (int64_t c = 0; c < C; ++c) {
+          avg[off + C + c] = std::max(0.0, mean_sq[off + c] - avg[off + c] * avg[off + c]);
+        }
+        off += 2 * C;
       }
-      off += 2 * C;
     }
+    write_stats(avg);
     // 3. The clients evaluate the candidate with those statistics.
     MT_ASSIGN_OR_RETURN(
         FedAvg::Mapped losses,
@@ -297,19 +312,7 @@ absl::Status Pruner::AdaptiveBnSelection(FedAvg& fed) {
                              candidate_losses_.begin());
   // The winner: its mask and its averaged statistics.
   MT_RETURN_IF_ERROR(SetMagnitudeMasks(CandidateDensities(chosen_)));
-  int64_t off = 0;
-  for (int s = 0; s < model_->num_stages(); ++s) {
-    core::ParamBlock& b = model_->block(s);
-    if (!b.has_view("bn_mean")) continue;
-    const int64_t C = b.view("bn_mean").numel;
-    float* mean = b.params().f32() + b.view("bn_mean").offset;
-    float* var = b.params().f32() + b.view("bn_var").offset;
-    for (int64_t c = 0; c < C; ++c) {
-      mean[c] = static_cast<float>(stats_of[chosen_][off + c]);
-      var[c] = static_cast<float>(stats_of[chosen_][off + C + c]);
-    }
-    off += 2 * C;
-  }
+  write_stats(stats_of[chosen_]);
   return absl::OkStatus();
 }
 

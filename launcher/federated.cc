@@ -118,28 +118,6 @@ absl::StatusOr<std::string> ReadText(const std::string& path) {
   return ss.str();
 }
 
-void FsyncDir(const std::string& dir) {
-  const int fd = open(dir.c_str(), O_RDONLY | O_DIRECTORY);
-  if (fd >= 0) {
-    fsync(fd);
-    close(fd);
-  }
-}
-
-// Removes a temporary folder when it goes out of scope, unless released.
-class RemoveOnExit {
- public:
-  explicit RemoveOnExit(std::string path) : path_(std::move(path)) {}
-  ~RemoveOnExit() {
-    std::error_code ec;
-    if (!path_.empty()) fs::remove_all(path_, ec);
-  }
-  void Release() { path_.clear(); }
-
- private:
-  std::string path_;
-};
-
 std::vector<core::NamedTensor> ModelTensors(core::Cnn& model) {
   std::vector<core::NamedTensor> out;
   for (int s = 0; s < model.num_stages(); ++s) {
@@ -169,31 +147,11 @@ Json RunIdentity(const Job& job) {
           {"federated.pruning.initial_rate", p.initial_rate()}};
 }
 
-// The serial of the next save in `dir`: one more than any checkpoint's there.
-int64_t NextSerial(const std::string& dir) {
-  int64_t serial = 1;
-  for (const std::string& folder : checkpoint::ListCheckpoints(dir)) {
-    absl::StatusOr<std::string> text = ReadText(folder + "/state.json");
-    if (!text.ok()) continue;
-    Json m = Json::parse(*text, nullptr, false);
-    if (m.is_object() && m.contains("serial") && m["serial"].is_number_integer()) {
-      serial = std::max(serial, m["serial"].get<int64_t>() + 1);
-    }
-  }
-  return serial;
-}
-
 // Rank 0: checkpoint.dir/step_NNNNNNNN after `round` rounds, atomically (see federated.h).
 absl::Status SaveFederated(const Job& job, int64_t round, core::Cnn& model,
                            const federated::Pruner& pruner) {
   const Checkpoint& c = job.checkpoint();
   const std::string& dir = c.dir();
-  std::error_code ec;
-  fs::create_directories(dir, ec);
-  if (ec) {
-    return absl::PermissionDeniedError(
-        absl::StrFormat("checkpoint.dir = \"%s\": cannot create it: %s", dir, ec.message()));
-  }
   const std::string name = StepName(round);
   const std::string final_dir = dir + "/" + name;
   const std::vector<core::NamedTensor> tensors = ModelTensors(model);
@@ -209,14 +167,9 @@ absl::Status SaveFederated(const Job& job, int64_t round, core::Cnn& model,
       }
     }
   }
-  const int64_t serial = NextSerial(dir);
-  const std::string tmp = absl::StrFormat("%s.tmp.%d", final_dir, getpid());
-  fs::remove_all(tmp, ec);
-  fs::create_directories(tmp, ec);
-  if (ec) {
-    return absl::PermissionDeniedError(absl::StrFormat("cannot create %s: %s", tmp, ec.message()));
-  }
-  RemoveOnExit remove_tmp(tmp);
+  MT_ASSIGN_OR_RETURN(std::unique_ptr<checkpoint::CheckpointWriter> writer,
+                      checkpoint::CheckpointWriter::Begin(dir, name));
+  const std::string& tmp = writer->tmp();
   Json files = Json::object();
   MT_ASSIGN_OR_RETURN(core::FileDigest model_digest,
                       core::WriteSafetensors(tmp + "/model.safetensors", tensors,
@@ -238,7 +191,7 @@ absl::Status SaveFederated(const Job& job, int64_t round, core::Cnn& model,
   for (const auto& [layer, d] : pruner.Densities()) densities[layer] = d;
   Json manifest = {{"format", kFormat},
                    {"step", round},
-                   {"serial", serial},
+                   {"serial", writer->serial()},
                    {"run", RunIdentity(job)},
                    {"pruning",
                     {{"chosen_candidate", pruner.chosen_candidate()},
@@ -246,45 +199,7 @@ absl::Status SaveFederated(const Job& job, int64_t round, core::Cnn& model,
                      {"densities", densities}}},
                    {"files", files},
                    {"job", JobToText(job)}};
-  const std::string text = manifest.dump(2);
-  MT_RETURN_IF_ERROR(core::WriteFileAtomically(tmp + "/state.json", [&](std::FILE* f) {
-    return core::WriteAll(f, text.data(), text.size(), tmp + "/state.json");
-  }));
-  FsyncDir(tmp);
-  // Replace an existing checkpoint of the same round only once the new one is complete.
-  const std::string old = final_dir + ".old";
-  if (fs::exists(final_dir, ec)) {
-    fs::remove_all(old, ec);
-    fs::rename(final_dir, old, ec);
-    if (ec) {
-      return absl::UnavailableError(
-          absl::StrFormat("rename %s -> %s failed: %s", final_dir, old, ec.message()));
-    }
-  }
-  fs::rename(tmp, final_dir, ec);
-  if (ec) {
-    const std::string why = ec.message();
-    if (fs::exists(old)) fs::rename(old, final_dir, ec);  // put the previous one back
-    return absl::UnavailableError(
-        absl::StrFormat("rename %s -> %s failed: %s", tmp, final_dir, why));
-  }
-  remove_tmp.Release();
-  fs::remove_all(old, ec);
-  FsyncDir(dir);
-  MT_RETURN_IF_ERROR(core::WriteFileAtomically(dir + "/latest", [&](std::FILE* f) {
-    return core::WriteAll(f, name.data(), name.size(), dir + "/latest");
-  }));
-  // Keep the `keep` written last, the one just written and `latest`.
-  absl::StatusOr<std::string> latest = checkpoint::LatestCheckpoint(dir);
-  int kept = 0;
-  for (const std::string& folder : checkpoint::ListCheckpoints(dir)) {
-    if (kept < c.keep() || folder == final_dir || (latest.ok() && folder == *latest)) {
-      ++kept;
-      continue;
-    }
-    fs::remove_all(folder, ec);
-  }
-  return absl::OkStatus();
+  return writer->Publish(manifest.dump(2), c.keep());
 }
 
 // A checkpoint read and checked, not yet applied to the model.
