@@ -226,7 +226,8 @@ watchdog)
   for _ in $(seq 100); do grep -q '"step": 3,' "$W/wd.jsonl" 2>/dev/null && break; sleep 0.2; done
   grep -q '"step": 3,' "$W/wd.jsonl" || { kill -9 $job; fail "the 2-rank run did not start: $(cat "$W/wd.out")"; }
   victim=""
-  for p in $(pgrep -f "$TRAINER $JOB"); do
+  # Only this job's ranks (children of its mpirun): other tests may run trainers of the same job.
+  for p in $(pgrep -P "$job"); do
     grep -qz '^OMPI_COMM_WORLD_RANK=1$' /proc/$p/environ 2>/dev/null && victim=$p
   done
   [ -n "$victim" ] || { kill -9 $job; fail "rank 1's process not found"; }
@@ -234,7 +235,7 @@ watchdog)
   start=$SECONDS
   for _ in $(seq 300); do kill -0 $job 2>/dev/null || break; sleep 0.2; done
   if kill -0 $job 2>/dev/null; then
-    kill -9 "$victim" $job; pkill -9 -f "$TRAINER $JOB"
+    kill -9 "$victim" $(pgrep -P "$job") $job
     fail "the job still hangs $((SECONDS - start)) s after rank 1 stopped"
   fi
   wait $job; rc=$?
