@@ -1,6 +1,7 @@
 #include "core/engine.h"
 
 #include <algorithm>
+#include <limits>
 
 #include "absl/strings/str_format.h"
 
@@ -18,6 +19,14 @@ const char* ModelModeName(ModelMode mode) {
       return "forward-only";
   }
   return "?";
+}
+
+int64_t MemoryEstimate::total() const {
+  int64_t n = 0;
+  for (int64_t b : bytes) {
+    n = b > std::numeric_limits<int64_t>::max() - n ? std::numeric_limits<int64_t>::max() : n + b;
+  }
+  return n;
 }
 
 const char* PassName(Pass pass) {

@@ -6,6 +6,7 @@
 #ifndef MEMTRAIN_CORE_MODEL_H_
 #define MEMTRAIN_CORE_MODEL_H_
 
+#include <array>
 #include <cstdint>
 #include <string>
 #include <vector>
@@ -49,6 +50,15 @@ struct PrepareOptions {
   int T = 0;
   ModelMode mode = ModelMode::kTrain;
   int lanes = 1;  // kForwardOnly only; every other mode has one lane
+};
+
+// What a model allocates, per allocator tag (indexed by MemoryTag), as a model's static
+// EstimateMemory gives it before anything exists (core::GPT2, core::Cnn).
+struct MemoryEstimate {
+  std::array<int64_t, kNumMemoryTags> bytes{};
+  int64_t& operator[](MemoryTag t) { return bytes[static_cast<int>(t)]; }
+  int64_t operator[](MemoryTag t) const { return bytes[static_cast<int>(t)]; }
+  int64_t total() const;  // saturating at the int64 maximum
 };
 
 // Which pass a stage runs in; hooks see it in every event.

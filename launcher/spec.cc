@@ -2,6 +2,7 @@
 
 #include <sys/stat.h>
 #include <unistd.h>
+#include <zlib.h>
 
 #include <algorithm>
 #include <cerrno>
@@ -816,9 +817,7 @@ void ApplyOffload(const Job& job, const core::GPT2Config& config, MemoryNeed* ne
 }  // namespace
 
 int64_t MemoryNeed::total() const {
-  int64_t n = SatAdd(data_bytes, offload_bytes);
-  for (int64_t b : by_tag.bytes) n = SatAdd(n, b);
-  return n;
+  return SatAdd(SatAdd(SatAdd(data_bytes, offload_bytes), runner_bytes), by_tag.total());
 }
 
 std::string MemoryNeed::ToString() const {
@@ -832,7 +831,8 @@ std::string MemoryNeed::ToString() const {
   if (offload_bytes > 0) {
     absl::StrAppend(&out, out.empty() ? "" : ", ", offload_what, " ", FormatBytes(offload_bytes));
   }
-  if (data_bytes > 0) absl::StrAppend(&out, ", token files ", FormatBytes(data_bytes));
+  if (runner_bytes > 0) absl::StrAppend(&out, ", FedAvg buffers ", FormatBytes(runner_bytes));
+  if (data_bytes > 0) absl::StrAppend(&out, ", ", data_what, " ", FormatBytes(data_bytes));
   absl::StrAppend(&out, "; total ", FormatBytes(total()));
   return out;
 }
@@ -899,6 +899,81 @@ absl::StatusOr<MemoryNeed> EstimateJobMemory(const Job& job, const core::GPT2Con
   return need;
 }
 
+namespace {
+
+// The image count of an IDX file of Fashion-MNIST (`name` in `dir`, gzipped or plain, as
+// federated::FashionMnist::Load finds it) from its header; `fallback` if it cannot be read
+// (ValidateFiles and the load report why).
+int64_t IdxCount(const std::string& dir, const std::string& name, int64_t fallback) {
+  for (const std::string& path : {dir + "/" + name + ".gz", dir + "/" + name}) {
+    std::error_code ec;
+    if (!std::filesystem::is_regular_file(path, ec)) continue;
+    gzFile f = gzopen(path.c_str(), "rb");
+    if (f == nullptr) return fallback;
+    unsigned char head[8];
+    const int got = gzread(f, head, sizeof head);
+    gzclose(f);
+    if (got != static_cast<int>(sizeof head)) return fallback;
+    return (int64_t{head[4]} << 24) | (int64_t{head[5]} << 16) | (int64_t{head[6]} << 8) | head[7];
+  }
+  return fallback;
+}
+
+}  // namespace
+
+absl::StatusOr<MemoryNeed> EstimateFederatedJobMemory(const Job& job, int world_size) {
+  const Federated& f = job.federated();
+  const core::CnnConfig config = ToCnnConfig(job.model().cnn());
+  MemoryNeed need;
+  absl::StatusOr<core::MemoryEstimate> model = core::Cnn::EstimateMemory(
+      config, {.B = f.batch_size(), .T = 1, .mode = core::ModelMode::kTrain},
+      OptimizerStateBytes(job.optimizer(), 1));
+  if (!model.ok()) return ToJobSpecNames(model.status());
+  need.by_tag = *model;
+  const std::vector<int64_t> numels = core::Cnn::BlockNumels(config).value();  // config is valid
+  using I = __int128;  // absurd sizes saturate, as in core::Cnn::EstimateMemory
+  I params = 0;
+  for (int64_t n : numels) params += n;
+  // Density 1 prunes nothing: every mask is all ones and none is kept.
+  const Pruning::Method method = f.pruning().density() < 1 ? f.pruning().method() : Pruning::NONE;
+  if (method != Pruning::NONE) {
+    // Every block but the first (a mask replaced while the old one still exists: one more).
+    I masks = 0, largest = 0;
+    for (size_t s = 1; s < numels.size(); ++s) {
+      masks += numels[s];
+      largest = std::max<I>(largest, numels[s]);
+    }
+    need.by_tag[core::MemoryTag::kOther] =
+        Saturate(masks + (method == Pruning::FEDTINY ? largest : 0));
+  }
+  // Fashion-MNIST as federated::FashionMnist::Load leaves it, and the raw bytes of the training
+  // split while they are converted.
+  const std::string& dir_field = job.data().fashion_mnist_dir();
+  const std::string dir = dir_field.empty() ? federated::DefaultFashionMnistDir() : dir_field;
+  const I pixels = federated::FashionMnist::kPixels;
+  const I train = IdxCount(dir, "train-labels-idx1-ubyte", 60000);
+  const I test = IdxCount(dir, "t10k-labels-idx1-ubyte", 10000);
+  need.data_bytes = Saturate((train + test) * (pixels * 4 + 4) + train * (pixels + 1));
+  need.data_what = "Fashion-MNIST";
+  // A round's host buffers (federated::FedAvg::Round, TrainClient).
+  const I P = std::max(1, world_size);
+  const I k = std::min(f.clients_per_round(), f.num_clients());
+  const I slots = (k + P - 1) / P;
+  I host = 4 * params * (1 + slots + P * slots) + 8 * params;  // global_, send, recv, acc
+  host += static_cast<I>(f.batch_size()) * (4 * pixels + 4);   // images_, labels_
+  host += 3 * 8 * train;  // the partition, FedAvg's copy of it, a client's sample order
+  I msg = 0;              // FedTiny's message: (index, gradient) pairs of one layer
+  if (method != Pruning::NONE) host += (method == Pruning::FEDTINY ? 2 : 1) * params;  // masks
+  if (method == Pruning::FEDTINY && f.pruning().adjust_rounds() > 0) {
+    I layer = 0;
+    for (size_t s = 1; s < numels.size(); ++s) layer = std::max<I>(layer, numels[s]);
+    msg = 2 * std::min<I>(layer, static_cast<I>(std::ceil(f.pruning().initial_rate() * layer)));
+  }
+  host += 8 * (2 + msg) * (slots + P * slots) + 8 * msg * k;  // send_aux, recv_aux, messages
+  need.runner_bytes = Saturate(host);
+  return need;
+}
+
 AvailableMemory HostMemoryAvailable() {
   AvailableMemory a;
   std::ifstream meminfo("/proc/meminfo");
@@ -948,17 +1023,32 @@ absl::Status CheckMemory(const Job& job, const MemoryNeed& need, int64_t already
                           : one * ranks;
   if (all <= avail.bytes) return absl::OkStatus();
   const Train& t = job.train();
-  std::string fix = "lower train.batch_size";
-  if (t.seq_len() > 1) absl::StrAppend(&fix, " or train.seq_len");
-  if (!t.recompute()) absl::StrAppend(&fix, ", set train.recompute = true");
-  if (!job.optimizer().has_sgd() &&
-      !(job.optimizer().has_lion() && job.optimizer().lion().momentum_dtype() == Lion::BF16)) {
-    absl::StrAppend(&fix, ", use an optimizer with less state (lion with momentum_dtype BF16)");
+  std::string fix;
+  if (job.has_federated()) {
+    fix = "lower federated.batch_size, use fewer or narrower conv layers (model.cnn.layers)";
+    if (job.federated().clients_per_round() > 1) {
+      absl::StrAppend(&fix,
+                      ", lower federated.clients_per_round (every rank gathers the weights of "
+                      "each client of a round)");
+    }
+    if (!job.optimizer().has_sgd()) {
+      absl::StrAppend(&fix, ", or use an optimizer with less state (sgd)");
+    } else if (job.optimizer().sgd().momentum() != 0.0f) {
+      absl::StrAppend(&fix, ", or drop SGD's momentum buffer (optimizer.sgd.momentum 0)");
+    }
+  } else {
+    fix = "lower train.batch_size";
+    if (t.seq_len() > 1) absl::StrAppend(&fix, " or train.seq_len");
+    if (!t.recompute()) absl::StrAppend(&fix, ", set train.recompute = true");
+    if (!job.optimizer().has_sgd() &&
+        !(job.optimizer().has_lion() && job.optimizer().lion().momentum_dtype() == Lion::BF16)) {
+      absl::StrAppend(&fix, ", use an optimizer with less state (lion with momentum_dtype BF16)");
+    }
+    if (job.offload().tier() != Offload::SSD && job.parallel().sequence() == 1) {
+      absl::StrAppend(&fix, ", keep the transformer layers on an SSD (offload.tier SSD)");
+    }
+    absl::StrAppend(&fix, ", or use a smaller model (model.gpt.n_layer, n_embd, vocab_size)");
   }
-  if (job.offload().tier() != Offload::SSD && job.parallel().sequence() == 1) {
-    absl::StrAppend(&fix, ", keep the transformer layers on an SSD (offload.tier SSD)");
-  }
-  absl::StrAppend(&fix, ", or use a smaller model (model.gpt.n_layer, n_embd, vocab_size)");
   return absl::ResourceExhaustedError(absl::StrFormat(
       "the job needs an estimated %s of memory per rank (%s)%s%s, but only %s is available (%s); "
       "%s",

@@ -69,15 +69,34 @@ absl::StatusOr<std::optional<core::GPT2Config>> JobModelConfig(const Job& job, b
 // pieces of at most offload.piece_mib. total() and CheckMemory count it: on a CPU-only machine the
 // "device" is host memory too.
 struct MemoryNeed {
-  core::GPT2::MemoryEstimate by_tag;
-  int64_t data_bytes = 0;     // token files (read whole, not through the allocator)
+  core::MemoryEstimate by_tag;
+  int64_t data_bytes = 0;  // token files or Fashion-MNIST (read whole, not by the allocator)
+  std::string data_what = "token files";  // how ToString names it
   int64_t offload_bytes = 0;  // the offload tier's host memory (see above); 0 without offload
   std::string offload_what;   // how ToString names it: "offload tier (host memory)", ...
+  int64_t runner_bytes = 0;   // a federated job's host buffers (see EstimateFederatedJobMemory)
   int64_t total() const;
   // "params 1.0 MiB, grads 1.0 MiB, optimizer 2.0 MiB, activations ..., total 4.1 MiB"
   std::string ToString() const;
 };
 absl::StatusOr<MemoryNeed> EstimateJobMemory(const Job& job, const core::GPT2Config& config);
+
+// The same for a federated job (job.federated, model.cnn) on one of `world_size` ranks. by_tag:
+// core::Cnn::EstimateMemory of model.cnn prepared for federated.batch_size images with the job's
+// optimizer state (exactly what the allocator counts, the `peak_client_mib` metric), plus
+// under kOther the pruning masks when federated.pruning.density < 1 (1 byte per element of every
+// block but the first, which both methods keep dense, and with FEDTINY one block more while an
+// adjustment replaces a mask: a bound, exact when every later block is pruned).
+// data_bytes: Fashion-MNIST as loaded (float pixels and int32 labels of both splits, counts from
+// the IDX headers) and the training split's raw IDX bytes, held while it is converted.
+// runner_bytes: the host buffers of a round (federated::FedAvg): the global weights (f32), the
+// clients' weights sent (ceil(clients_per_round / world_size) slots, f32) and gathered (x
+// world_size), the weighted sum (f64), one batch of images, the client partition (3 x 8 bytes a
+// training image), and with pruning the pruner's host masks (1 byte a parameter, twice for
+// FedTiny) and FedTiny's (index, gradient) messages. What no allocator sees (the binary, its
+// libraries, OpenBLAS and MPI buffers, the heap's slack) is not included.
+// InvalidArgument naming the field for a model.cnn that Create would refuse.
+absl::StatusOr<MemoryNeed> EstimateFederatedJobMemory(const Job& job, int world_size);
 
 // The host memory this process can still use: MemAvailable of /proc/meminfo, lowered by a cgroup
 // memory limit and by a host memory budget (core::SetMemoryBudget) when set. `source` says which.
@@ -92,8 +111,9 @@ std::string FormatBytes(int64_t n);
 
 // ResourceExhausted if `ranks_on_node` ranks of `need` (less `already` bytes this rank has
 // allocated) exceed the available host memory: the estimate per tag, the memory available and
-// what to change. OK for train.device "cuda" (its memory is the GPU's, not checked here) and
-// when the available memory is unknown.
+// what to change (for a federated job: federated.batch_size, model.cnn.layers,
+// federated.clients_per_round, the optimizer). OK for train.device "cuda" (its memory is the GPU's,
+// not checked here) and when the available memory is unknown.
 absl::Status CheckMemory(const Job& job, const MemoryNeed& need, int64_t already = 0);
 // The ranks of this job on this node (from the MPI launcher's environment; 1 if unknown).
 int RanksOnThisNode();

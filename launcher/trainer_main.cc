@@ -177,7 +177,14 @@ int RunJob(const std::vector<std::string>& args) {
   // The memory the job will allocate, from the spec, before anything is allocated (a model read
   // from a checkpoint folder is checked once it is loaded; --check loads it now).
   std::optional<MemoryNeed> need;
-  if (local.ok()) {
+  if (local.ok() && job->has_federated()) {  // model.cnn, Fashion-MNIST and FedAvg's buffers
+    absl::StatusOr<MemoryNeed> estimate = EstimateFederatedJobMemory(*job, (*world)->size());
+    local = estimate.status();
+    if (local.ok()) {
+      need = *estimate;
+      local = CheckMemory(*job, *need);
+    }
+  } else if (local.ok()) {
     absl::StatusOr<std::optional<core::GPT2Config>> config =
         JobModelConfig(*job, /*load_folder=*/check);
     local = config.status();

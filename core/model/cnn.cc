@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstring>
+#include <limits>
 #include <string>
 
 #include "absl/strings/str_format.h"
@@ -62,17 +63,9 @@ absl::Status CnnConfig::Validate() const {
 absl::StatusOr<std::unique_ptr<Cnn>> Cnn::Create(CnnConfig config) {
   MT_RETURN_IF_ERROR(config.Validate());
   std::unique_ptr<Cnn> m(new Cnn(config));
-  int C = config.in_channels, H = config.height, W = config.width;
-  for (size_t i = 0; i < config.layers.size(); ++i) {
-    if (config.layers[i] == kPool) continue;
-    Layer l{.C = C, .H = H, .W = W, .OC = config.layers[i]};
-    l.pool = i + 1 < config.layers.size() && config.layers[i + 1] == kPool;
-    m->layers_.push_back(l);
-    C = l.OC;
-    H = l.OH();
-    W = l.OW();
-  }
-  m->features_ = C * H * W;
+  m->layers_ = MakeLayers(config);
+  const Layer& last = m->layers_.back();
+  m->features_ = last.OC * last.OH() * last.OW();
   for (size_t i = 0; i < m->layers_.size(); ++i) {
     const int64_t OC = m->layers_[i].OC, K = static_cast<int64_t>(m->layers_[i].C) * 9;
     MT_ASSIGN_OR_RETURN(ParamBlock b,
@@ -92,6 +85,92 @@ absl::StatusOr<std::unique_ptr<Cnn>> Cnn::Create(CnnConfig config) {
   m->blocks_.push_back(std::move(head));
   m->bn_sum_.assign(0, 0.0);
   return m;
+}
+
+std::vector<Cnn::Layer> Cnn::MakeLayers(const CnnConfig& config) {
+  std::vector<Layer> layers;
+  int C = config.in_channels, H = config.height, W = config.width;
+  for (size_t i = 0; i < config.layers.size(); ++i) {
+    if (config.layers[i] == kPool) continue;
+    Layer l{.C = C, .H = H, .W = W, .OC = config.layers[i]};
+    l.pool = i + 1 < config.layers.size() && config.layers[i + 1] == kPool;
+    layers.push_back(l);
+    C = l.OC;
+    H = l.OH();
+    W = l.OW();
+  }
+  return layers;
+}
+
+Cnn::Plan Cnn::MakePlan(const std::vector<Layer>& layers, bool train) {
+  Plan plan;
+  int64_t oc = 0;
+  for (const Layer& l : layers) {
+    plan.largest = std::max<int64_t>(plan.largest, static_cast<int64_t>(l.C) * l.H * l.W);
+    plan.largest = std::max<int64_t>(plan.largest, static_cast<int64_t>(l.OC) * l.H * l.W);
+    plan.scratch = std::max<int64_t>(
+        plan.scratch, cpu::Conv2dScratchFloats(l.C, l.H, l.W, l.OC, 3, 1, 1, kConvSlots));
+    oc = std::max<int64_t>(oc, l.OC);
+  }
+  const size_t sets = train ? layers.size() : std::min<size_t>(2, layers.size());
+  for (size_t i = 0; i < sets; ++i) {
+    // Shared sets are sized for the largest layer that uses them.
+    Plan::Set set{.oc = oc};
+    for (size_t j = i; j < layers.size(); j += train ? layers.size() : 2) {
+      const Layer& l = layers[j];
+      set.n = std::max<int64_t>(set.n, static_cast<int64_t>(l.OC) * l.H * l.W);
+      set.pool = set.pool || l.pool;
+    }
+    plan.sets.push_back(set);
+  }
+  return plan;
+}
+
+absl::StatusOr<std::vector<int64_t>> Cnn::BlockNumels(const CnnConfig& config) {
+  MT_RETURN_IF_ERROR(config.Validate());
+  const std::vector<Layer> layers = MakeLayers(config);
+  std::vector<int64_t> numels;
+  for (const Layer& l : layers) numels.push_back(static_cast<int64_t>(l.OC) * l.C * 9 + 5 * l.OC);
+  const Layer& last = layers.back();
+  const int64_t features = static_cast<int64_t>(last.OC) * last.OH() * last.OW();
+  numels.push_back(config.num_classes * features + config.num_classes);
+  return numels;
+}
+
+absl::StatusOr<MemoryEstimate> Cnn::EstimateMemory(const CnnConfig& config, const PrepareOptions& o,
+                                                   int64_t optimizer_bytes_per_param) {
+  MT_RETURN_IF_ERROR(config.Validate());
+  MT_RETURN_IF_ERROR(CheckPrepareOptions(o));
+  // In 128-bit arithmetic, so an absurd B or layer count gives a huge number, not an overflow;
+  // saturated to int64 at the end.
+  using I = __int128;
+  MT_ASSIGN_OR_RETURN(const std::vector<int64_t> numels, BlockNumels(config));
+  I params = 0;
+  for (int64_t n : numels) params += n;
+  const bool train = IsTrainingMode(o.mode);
+  const Plan plan = MakePlan(MakeLayers(config), train);
+  const I B = o.B, f = sizeof(float), i32 = sizeof(int32_t);
+  std::array<I, kNumMemoryTags> bytes{};
+  auto at = [&](MemoryTag t) -> I& { return bytes[static_cast<int>(t)]; };
+  at(MemoryTag::kParams) = params * f;            // Create
+  if (train) at(MemoryTag::kGrads) = params * f;  // the first Backward
+  at(MemoryTag::kOptimizer) = params * std::max<int64_t>(0, optimizer_bytes_per_param);
+  // Prepare, buffer by buffer as it allocates them.
+  I acts = 0;
+  for (const Plan::Set& set : plan.sets) {
+    acts += 2 * B * set.n * f + 2 * set.oc * f;                     // conv, bn, mean, rstd
+    if (set.pool) acts += B * set.n / 4 * f + B * set.n / 4 * i32;  // pool, argmax
+  }
+  acts += B * config.num_classes * f + 2 * B * f + B * i32;  // logits_, losses_, lse_, labels_
+  at(MemoryTag::kActivations) = acts;
+  at(MemoryTag::kScratch) = std::max<int64_t>(plan.scratch, 1) * f;  // scratch_
+  if (train) at(MemoryTag::kScratch) += 4 * B * plan.largest * f;    // dx_[0], dx_[1], dconv_
+  MemoryEstimate out;
+  constexpr I kMax = std::numeric_limits<int64_t>::max();
+  for (int t = 0; t < kNumMemoryTags; ++t) {
+    out.bytes[t] = static_cast<int64_t>(bytes[t] > kMax ? kMax : bytes[t]);
+  }
+  return out;
 }
 
 void Cnn::InitWeights(uint64_t seed) {
@@ -117,7 +196,7 @@ void Cnn::InitWeights(uint64_t seed) {
   }
 }
 
-absl::Status Cnn::Prepare(const PrepareOptions& o) {
+absl::Status Cnn::CheckPrepareOptions(const PrepareOptions& o) {
   if (o.B < 1 || o.T != 1) {
     return absl::InvalidArgumentError(absl::StrFormat(
         "Cnn::Prepare: B = %d, T = %d; an image model takes B >= 1 images and T = 1", o.B, o.T));
@@ -130,44 +209,29 @@ absl::Status Cnn::Prepare(const PrepareOptions& o) {
   if (o.mode == ModelMode::kForwardOnly && o.lanes != 1) {
     return absl::InvalidArgumentError("Cnn::Prepare: kForwardOnly with one lane only");
   }
+  return absl::OkStatus();
+}
+
+absl::Status Cnn::Prepare(const PrepareOptions& o) {
+  MT_RETURN_IF_ERROR(CheckPrepareOptions(o));
   acts_.clear();
   logits_ = losses_ = lse_ = scratch_ = labels_ = dconv_ = Tensor();
   dx_[0] = dx_[1] = Tensor();
   const bool train = IsTrainingMode(o.mode);
   const int64_t B = o.B;
   auto act = [&](Shape s) { return Tensor::Empty(s, DType::kF32, MemoryTag::kActivations); };
-  const size_t sets = train ? layers_.size() : std::min<size_t>(2, layers_.size());
-  int64_t largest = 0, scratch = 0;
-  for (const Layer& l : layers_) {
-    largest = std::max<int64_t>(largest, static_cast<int64_t>(l.C) * l.H * l.W);
-    largest = std::max<int64_t>(largest, static_cast<int64_t>(l.OC) * l.H * l.W);
-    scratch = std::max<int64_t>(scratch,
-                                cpu::Conv2dScratchFloats(l.C, l.H, l.W, l.OC, 3, 1, 1, kConvSlots));
-  }
-  for (size_t i = 0; i < sets; ++i) {
-    // Shared sets are sized for the largest layer that uses them.
-    Layer big{};
-    bool pool = false;
-    for (size_t j = i; j < layers_.size(); j += train ? layers_.size() : 2) {
-      const Layer& l = layers_[j];
-      if (static_cast<int64_t>(l.OC) * l.H * l.W > static_cast<int64_t>(big.OC) * big.H * big.W) {
-        big = l;
-      }
-      pool = pool || l.pool;
-    }
-    big.pool = pool;
+  // EstimateMemory counts these same buffers from the same plan.
+  const Plan plan = MakePlan(layers_, train);
+  for (const Plan::Set& set : plan.sets) {
     Acts a;
-    const int64_t n = static_cast<int64_t>(big.OC) * big.H * big.W;
-    MT_ASSIGN_OR_RETURN(a.conv, act({B * n}));
-    MT_ASSIGN_OR_RETURN(a.bn, act({B * n}));
-    int64_t oc = 0;
-    for (const Layer& l : layers_) oc = std::max(oc, static_cast<int64_t>(l.OC));
-    MT_ASSIGN_OR_RETURN(a.mean, act({oc}));
-    MT_ASSIGN_OR_RETURN(a.rstd, act({oc}));
-    if (big.pool) {
-      MT_ASSIGN_OR_RETURN(a.pool, act({B * n / 4}));
+    MT_ASSIGN_OR_RETURN(a.conv, act({B * set.n}));  // (B, OC, H, W)
+    MT_ASSIGN_OR_RETURN(a.bn, act({B * set.n}));    // (B, OC, H, W)
+    MT_ASSIGN_OR_RETURN(a.mean, act({set.oc}));     // (OC)
+    MT_ASSIGN_OR_RETURN(a.rstd, act({set.oc}));     // (OC)
+    if (set.pool) {
+      MT_ASSIGN_OR_RETURN(a.pool, act({B * set.n / 4}));  // (B, OC, H/2, W/2)
       MT_ASSIGN_OR_RETURN(a.argmax,
-                          Tensor::Empty({B * n / 4}, DType::kI32, MemoryTag::kActivations));
+                          Tensor::Empty({B * set.n / 4}, DType::kI32, MemoryTag::kActivations));
     }
     acts_.push_back(std::move(a));
   }
@@ -175,13 +239,13 @@ absl::Status Cnn::Prepare(const PrepareOptions& o) {
   MT_ASSIGN_OR_RETURN(losses_, act({B}));
   MT_ASSIGN_OR_RETURN(lse_, act({B}));
   MT_ASSIGN_OR_RETURN(labels_, Tensor::Empty({B}, DType::kI32, MemoryTag::kActivations));
-  MT_ASSIGN_OR_RETURN(
-      scratch_, Tensor::Empty({std::max<int64_t>(scratch, 1)}, DType::kF32, MemoryTag::kScratch));
+  MT_ASSIGN_OR_RETURN(scratch_, Tensor::Empty({std::max<int64_t>(plan.scratch, 1)}, DType::kF32,
+                                              MemoryTag::kScratch));
   if (train) {
     auto scr = [&](int64_t n) { return Tensor::Empty({n}, DType::kF32, MemoryTag::kScratch); };
-    MT_ASSIGN_OR_RETURN(dx_[0], scr(B * largest));
-    MT_ASSIGN_OR_RETURN(dx_[1], scr(B * largest));
-    MT_ASSIGN_OR_RETURN(dconv_, scr(2 * B * largest));  // two halves: pool/ReLU, then BN
+    MT_ASSIGN_OR_RETURN(dx_[0], scr(B * plan.largest));
+    MT_ASSIGN_OR_RETURN(dx_[1], scr(B * plan.largest));
+    MT_ASSIGN_OR_RETURN(dconv_, scr(2 * B * plan.largest));  // two halves: pool/ReLU, then BN
   }
   prepared_ = o;
   return absl::OkStatus();

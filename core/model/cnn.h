@@ -50,6 +50,20 @@ class Cnn : public Model {
  public:
   static absl::StatusOr<std::unique_ptr<Cnn>> Create(CnnConfig config);
 
+  // The bytes a model of `config` allocates, per allocator tag, before anything exists: Create
+  // (kParams), the engine's first Backward (kGrads: every block's gradients; training modes),
+  // Prepare(options) (kActivations, kScratch) and an optimizer's state (kOptimizer):
+  // `optimizer_bytes_per_param` bytes for every element of every block, BN statistics included
+  // (an optimizer holds state_names().size() tensors of state_dtype() per block: AdamW 8, Lion 4
+  // or 2, SGD 4 with momentum, else 0). Exact: the sizes Create and Prepare use, as
+  // core::GetMemoryStats counts them; a training step allocates nothing more. Sizes too large for
+  // int64 saturate at its maximum. InvalidArgument as Create or Prepare would refuse them.
+  static absl::StatusOr<MemoryEstimate> EstimateMemory(const CnnConfig& config,
+                                                       const PrepareOptions& options,
+                                                       int64_t optimizer_bytes_per_param = 0);
+  // The elements of each block, in stage order (the conv layers, then the head).
+  static absl::StatusOr<std::vector<int64_t>> BlockNumels(const CnnConfig& config);
+
   // Kaiming-normal (fan-out, ReLU) conv weights, PyTorch's default linear init for the head
   // (uniform +-1/sqrt(fan_in), drawn from Philox), zero biases, BN weight 1, bias 0, mean 0,
   // var 1. A pure function of the seed.
@@ -95,6 +109,21 @@ class Cnn : public Model {
   struct Acts {  // per conv stage (training plans keep one per stage)
     Tensor conv, bn, mean, rstd, pool, argmax;
   };
+  // What Prepare allocates, per image where it scales with B. Activation set i serves the conv
+  // layers i, i + step, ... (step: one set per layer in training plans, two shared otherwise).
+  struct Plan {
+    struct Set {
+      int64_t n = 0;   // conv and bn floats per image (the largest layer served)
+      int64_t oc = 0;  // mean and rstd floats (the most channels of any layer)
+      bool pool = false;
+    };
+    std::vector<Set> sets;
+    int64_t largest = 0;  // floats per image of the largest layer input or output (backward)
+    int64_t scratch = 0;  // conv im2col scratch floats (not per image)
+  };
+  static std::vector<Layer> MakeLayers(const CnnConfig& config);
+  static absl::Status CheckPrepareOptions(const PrepareOptions& options);
+  static Plan MakePlan(const std::vector<Layer>& layers, bool train);
   explicit Cnn(CnnConfig config) : config_(std::move(config)) {}
   const float* StageInput(int stage, const Batch& batch) const;
   float* StageOutput(int stage) const;

@@ -56,11 +56,7 @@ class GPT2 : public Model {
   // kScratch). Exact: the same sizes Create and Prepare use, as core::GetMemoryStats counts them.
   // Optimizer state is the optimizer's (kOptimizer stays 0 here). Sizes too large for int64
   // saturate at its maximum. InvalidArgument as Create or Prepare would refuse the sizes.
-  struct MemoryEstimate {
-    std::array<int64_t, kNumMemoryTags> bytes{};
-    int64_t& operator[](MemoryTag t) { return bytes[static_cast<int>(t)]; }
-    int64_t operator[](MemoryTag t) const { return bytes[static_cast<int>(t)]; }
-  };
+  using MemoryEstimate = core::MemoryEstimate;
   static absl::StatusOr<MemoryEstimate> EstimateMemory(GPT2Config config,
                                                        const PrepareOptions& options,
                                                        Device device = Device::Cpu());

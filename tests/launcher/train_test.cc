@@ -2,7 +2,8 @@
 // is checkpointed; hooks see training, backward and evaluation passes as what they are; a NaN
 // gradient never reaches the weights (train.on_nonfinite STOP or SKIP). The memory estimate is
 // exactly what the setup allocates, per tag; too large a job is refused with it; --check's data
-// checks give the run's errors; sample streams exactly the text it returns.
+// checks give the run's errors; sample streams exactly the text it returns. A federated job's
+// estimate is its run's allocator peak, and a federated job too large is refused naming its fields.
 #include "launcher/train.h"
 
 #include <gtest/gtest.h>
@@ -18,10 +19,14 @@
 #include <string>
 #include <vector>
 
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
 #include "checkpoint/checkpoint.h"
 #include "core/allocator.h"
 #include "core/bpe.h"
+#include "core/model/cnn.h"
 #include "core/token_file.h"
+#include "launcher/federated.h"
 #include "launcher/loop.h"
 #include "launcher/sample.h"
 #include "launcher/spec.h"
@@ -311,6 +316,32 @@ TEST_F(TrainLoopTest, AHostMemoryBudgetIsTheAvailableMemory) {
   EXPECT_EQ(HostMemoryAvailable().source.find("budget"), std::string::npos);
 }
 
+TEST(FederatedMemoryTest, AFederatedJobTooLargeIsRefusedNamingItsFields) {
+  Job job = ParseJobText(
+                "model { cnn { layers: [4096, 4096, -1, 4096] } } optimizer { adamw { lr: 1e-3 } } "
+                "federated { num_clients: 100 clients_per_round: 10 batch_size: 100000 }",
+                "fed.pbtxt")
+                .value();
+  FillDefaults(&job);
+  ASSERT_TRUE(ValidateJob(job, 1).ok()) << ValidateJob(job, 1);
+  absl::StatusOr<MemoryNeed> need = EstimateFederatedJobMemory(job, 2);
+  ASSERT_TRUE(need.ok()) << need.status();
+  EXPECT_GT(need->total(), int64_t{1} << 40);
+  absl::Status s = CheckMemory(job, *need);
+  EXPECT_EQ(s.code(), absl::StatusCode::kResourceExhausted) << s;
+  for (const char* want :
+       {"params", "optimizer", "activations", "FedAvg buffers", "Fashion-MNIST", "available",
+        "federated.batch_size", "model.cnn.layers", "federated.clients_per_round", "sgd"}) {
+    EXPECT_NE(s.message().find(want), std::string::npos) << want << ": " << s;
+  }
+  EXPECT_EQ(s.message().find("train.batch_size"), std::string::npos) << s;
+  // A bad model.cnn is named as the job spec's field.
+  job.mutable_model()->mutable_cnn()->set_layers(0, -1);
+  absl::Status bad = EstimateFederatedJobMemory(job, 1).status();
+  EXPECT_EQ(bad.code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_NE(bad.message().find("model.cnn.layers"), std::string::npos) << bad;
+}
+
 // --check runs the data checks of the run and reports the run's own errors.
 TEST_F(TrainLoopTest, ValidateDataReportsWhatTheRunWouldRefuse) {
   EXPECT_TRUE(ValidateData(job_, 0, 1).ok());
@@ -370,6 +401,76 @@ TEST(SampleTest, StreamedTextIsTheReturnedText) {
     EXPECT_EQ(Sample(*m, o).status().code(), absl::StatusCode::kAborted);
     EXPECT_EQ(calls, 5);
   }
+}
+
+// A federated job: the allocator part of EstimateFederatedJobMemory (model, gradients, optimizer
+// state, activations, scratch, pruning masks) is the allocator peak of a whole run, exactly (the
+// masks of every block but the first; FedTiny's adjustment replaces each mask while the old one
+// exists, which the estimate counts as one block more), and the peak_client_mib metric is it less
+// that replacement (measured inside the round, before the adjustment). Skipped without Debian's
+// dataset-fashion-mnist.
+TEST(FederatedMemoryTest, TheEstimateIsTheRunsAllocatorPeak) {
+  const std::string fm = "/usr/share/datasets/fashion-mnist/train-labels-idx1-ubyte";
+  if (!std::filesystem::exists(fm + ".gz") && !std::filesystem::exists(fm)) {
+    GTEST_SKIP() << "no Fashion-MNIST (apt install dataset-fashion-mnist)";
+  }
+  const std::string dir =
+      ::testing::TempDir() + "/federated_memory_" + std::to_string(getpid()) + "/";
+  std::filesystem::create_directories(dir);
+  std::unique_ptr<parallel::Communicator> world = parallel::CreateSelfCommunicator();
+  struct Case {
+    const char* layers;
+    const char* optimizer;
+    const char* pruning;
+    int batch;
+  };
+  for (const Case& c :
+       {Case{"[8, -1, 16, -1]", "adamw { lr: 1e-3 }", "NONE", 16},
+        Case{"[4, 6, -1, 8, -1]", "sgd { lr: 0.05 momentum: 0.9 }", "ONE_SHOT", 8},
+        Case{"[8, -1, 16, -1]", "lion { lr: 1e-4 momentum_dtype: BF16 }", "FEDTINY", 12}}) {
+    SCOPED_TRACE(absl::StrCat(c.layers, " ", c.optimizer, " ", c.pruning));
+    Job job = ParseJobText(absl::StrFormat(
+                               "model { cnn { layers: %s } } train { steps: 2 } optimizer { %s } "
+                               "federated { num_clients: 200 clients_per_round: 2 batch_size: %d "
+                               "eval_every: 0 pruning { method: %s density: 0.3 candidates: 2 "
+                               "bn_batches: 1 adjust_rounds: 2 } }",
+                               c.layers, c.optimizer, c.batch, c.pruning),
+                           "fed.pbtxt")
+                  .value();
+    if (std::string(c.pruning) == "NONE") job.mutable_federated()->clear_pruning();
+    job.mutable_output()->set_metrics(dir + c.pruning + ".jsonl");
+    FillDefaults(&job);
+    ASSERT_TRUE(ValidateJob(job, 1).ok()) << ValidateJob(job, 1);
+    absl::StatusOr<MemoryNeed> need = EstimateFederatedJobMemory(job, 1);
+    ASSERT_TRUE(need.ok()) << need.status();
+    // Fashion-MNIST's 60000 + 10000 images as floats, and the training split's raw bytes.
+    EXPECT_EQ(need->data_bytes, 70000 * (784 * 4 + 4) + 60000 * 785);
+    EXPECT_GT(need->runner_bytes, 0);
+    const int64_t replaced = std::string(c.pruning) == "FEDTINY"
+                                 ? core::Cnn::BlockNumels(ToCnnConfig(job.model().cnn())).value()[2]
+                                 : 0;  // the head, the largest masked block of [8, -1, 16, -1]
+
+    const core::MemoryStats before = core::GetMemoryStats(core::Device::Cpu());
+    core::ResetPeakMemory(core::Device::Cpu());
+    // One round (round 0 has FedTiny's first adjustment), without the final test evaluation.
+    ASSERT_TRUE(RunFederated(job, {.stop_after = 1, .quiet = true}, world.get()).ok());
+    const core::MemoryStats after = core::GetMemoryStats(core::Device::Cpu());
+    EXPECT_EQ(after.peak - before.current, need->by_tag.total());
+    for (int t = 0; t < core::kNumMemoryTags; ++t) {
+      EXPECT_EQ(after.peak_by_tag[t] - before.current_by_tag[t], need->by_tag.bytes[t])
+          << core::MemoryTagName(static_cast<core::MemoryTag>(t));
+    }
+    std::ifstream metrics(dir + c.pruning + ".jsonl");
+    std::string line, last;
+    while (std::getline(metrics, line)) {
+      if (line.find("peak_client_mib") != std::string::npos) last = line;
+    }
+    const size_t at = last.find("\"peak_client_mib\": ");
+    ASSERT_NE(at, std::string::npos) << last;
+    const double mib = std::stod(last.substr(at + 19));
+    EXPECT_NEAR(mib, (need->by_tag.total() - replaced) / 1048576.0, 0.005 + 1e-9) << last;
+  }
+  std::filesystem::remove_all(dir);
 }
 
 }  // namespace

@@ -34,7 +34,9 @@
 #             files, partition and metrics values; FedTiny pruning stopped after round 2 and
 #             resumed ends bit-identical (weights and masks) to an uninterrupted run; bad input
 #             (clients_per_round > num_clients, density 0, a missing fashion_mnist_dir or IDX
-#             file, more clients than images) exits 2 naming the field or file, nothing written;
+#             file, more clients than images, a job larger than the memory) exits 2 naming the
+#             field or file, nothing written; --check prints the memory estimate and the run's
+#             peak RSS is within [-64, +32] MiB of it;
 #             exit 77 (skipped) without Debian's dataset-fashion-mnist
 # Usage: trainer_test.sh BUILD_DIR SOURCE_DIR CASE
 set -u
@@ -719,8 +721,22 @@ EOF
   }
   # The rounds' metrics without the events, the timing and the memory.
   rounds() { grep -v '"event"' "$1" | sed -E 's/, "peak_client_mib": [0-9.]+, "round_ms": [0-9.]+//'; }
-  $TRAINER "$FED" --check >/dev/null || fail "federated --check"
-  run one $TRAINER "$FED"
+  out=$($TRAINER "$FED" --check) || fail "federated --check"
+  echo "$out" | grep -Eq "^# memory estimate per rank: params .*, activations .*, FedAvg buffers .*, Fashion-MNIST .*; total [0-9.]+ MiB; available" \
+    || fail "federated --check does not print the memory estimate: $out"
+  est=$(echo "$out" | grep -o '; total [0-9.]* MiB' | grep -o '[0-9.]*')
+  # The run's peak RSS against the estimate: at most 32 MiB more (the binary, its libraries,
+  # OpenBLAS and MPI, which no estimate counts), at least 64 MiB less (the estimate adds the
+  # training split's raw IDX bytes, 45 MiB, held only while loading, to the loaded data).
+  if [ -x /usr/bin/time ]; then
+    run one /usr/bin/time -f %M -o "$W/one.rss" $TRAINER "$FED"
+    rss=$(tail -1 "$W/one.rss")
+    awk -v r="$rss" -v e="$est" 'BEGIN { m = r / 1024; exit !(m <= e + 32 && m >= e - 64) }' \
+      || fail "federated: peak RSS $rss KiB is not within [-64, +32] MiB of the estimate $est MiB"
+    echo "federated: peak RSS $((rss / 1024)) MiB, estimate $est MiB"
+  else
+    run one $TRAINER "$FED"
+  fi
   [ "$(rounds "$W/one.jsonl" | wc -l)" = 3 ] || fail "federated: not 3 rounds: $(cat "$W/one.jsonl")"
   acc=$(grep -o '"test_accuracy": [0-9.]*' "$W/one.jsonl" | cut -d' ' -f2 | tr '\n' ' ')
   echo "$acc" | awk '{ if (!($NF > 0.5 && $NF > $1)) exit 1 }' \
@@ -762,6 +778,18 @@ EOF
   O=(--set checkpoint.dir="$W/out/ck" --set output.metrics="$W/out/m.jsonl")
   expect_bad "federated.clients_per_round = 30 exceeds federated.num_clients = 20" \
     $TRAINER "$FED" "${O[@]}" --set federated.clients_per_round=30
+  # A job far larger than the memory: refused at once, before the data is read, with the estimate
+  # per tag, the available memory and the fields to lower.
+  start=$(date +%s)
+  for c in "" --check; do
+    expect_bad "is available" $TRAINER "$FED" "${O[@]}" $c --set federated.batch_size=1000000 \
+      --set 'model.cnn.layers=[4096, 4096, -1]'
+    for want in "activations" "FedAvg buffers" "Fashion-MNIST" "federated.batch_size" \
+                "model.cnn.layers" "federated.clients_per_round"; do
+      echo "$out" | grep -qF "$want" || fail "federated memory refusal lacks '$want': $out"
+    done
+  done
+  [ $(($(date +%s) - start)) -le 10 ] || fail "the memory refusal took $(($(date +%s) - start)) s"
   expect_bad "federated.pruning.density = 0: must be in (0, 1]" $TRAINER "$FED" "${O[@]}" \
     --set federated.pruning.method=ONE_SHOT --set federated.pruning.density=0
   expect_bad "data.fashion_mnist_dir = \"$W/nothing\"" \
