@@ -64,7 +64,7 @@ done
 
 # name: final accuracy, mean of the last 5 evaluations, density, bytes up per round (MB), peak
 # client memory (MiB).
-printf '%-10s %9s %11s %8s %12s %11s\n' run accuracy "last-5 mean" density "MB up/round" "client MiB"
+printf '%-15s %9s %11s %8s %12s %11s\n' run accuracy "last-5 mean" density "MB up/round" "client MiB"
 for f in $RUNS; do
   python3 - "runs/fedtiny/$f.jsonl" "$f" <<'EOF'
 import json, sys
@@ -76,7 +76,7 @@ for line in open(sys.argv[1]):
     if "bytes_up" in r:
         up += r["bytes_up"]; n += 1; mem = max(mem, r.get("peak_client_mib", 0))
 last = accs[-5:]
-print("%-10s %9.4f %11.4f %8.4f %12.2f %11.1f" % (sys.argv[2], accs[-1], sum(last) / len(last), dens,
+print("%-15s %9.4f %11.4f %8.4f %12.2f %11.1f" % (sys.argv[2], accs[-1], sum(last) / len(last), dens,
                                                  up / max(n, 1) / 1e6, mem))
 EOF
 done
@@ -94,7 +94,7 @@ for line in open(sys.argv[1]):
     plot="$plot${plot:+, }\"runs/fedtiny/$f.dat\" w lp t \"$title\""
   done
   gnuplot <<EOF
-set terminal pngcairo size 900,560
+set terminal pngcairo size 900,560 noenhanced
 set output "runs/fedtiny/accuracy.png"
 set xlabel "round"; set ylabel "test accuracy"; set key bottom right; set grid
 set yrange [0.6:0.95]
