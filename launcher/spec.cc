@@ -259,44 +259,12 @@ absl::Status ApplyOverride(Job* job, const std::string& assignment) {
       Collector errors("--set " + assignment);
       parser.RecordErrorsTo(&errors);
       const bool ok = parser.ParseFromString(absl::StrCat(f->name(), ": ", value), parsed.get());
-      if (ok) {
-        r->ClearField(msg, f);
-        for (int k = 0; k < r->FieldSize(*parsed, f); ++k) {
-          switch (f->cpp_type()) {
-            case pb::FieldDescriptor::CPPTYPE_INT32:
-              r->AddInt32(msg, f, r->GetRepeatedInt32(*parsed, f, k));
-              break;
-            case pb::FieldDescriptor::CPPTYPE_INT64:
-              r->AddInt64(msg, f, r->GetRepeatedInt64(*parsed, f, k));
-              break;
-            case pb::FieldDescriptor::CPPTYPE_UINT32:
-              r->AddUInt32(msg, f, r->GetRepeatedUInt32(*parsed, f, k));
-              break;
-            case pb::FieldDescriptor::CPPTYPE_UINT64:
-              r->AddUInt64(msg, f, r->GetRepeatedUInt64(*parsed, f, k));
-              break;
-            case pb::FieldDescriptor::CPPTYPE_FLOAT:
-              r->AddFloat(msg, f, r->GetRepeatedFloat(*parsed, f, k));
-              break;
-            case pb::FieldDescriptor::CPPTYPE_DOUBLE:
-              r->AddDouble(msg, f, r->GetRepeatedDouble(*parsed, f, k));
-              break;
-            case pb::FieldDescriptor::CPPTYPE_BOOL:
-              r->AddBool(msg, f, r->GetRepeatedBool(*parsed, f, k));
-              break;
-            case pb::FieldDescriptor::CPPTYPE_ENUM:
-              r->AddEnumValue(msg, f, r->GetRepeatedEnumValue(*parsed, f, k));
-              break;
-            default:
-              break;
-          }
-        }
-      }
       if (!ok) {
         return absl::InvalidArgumentError(absl::StrFormat(
             "--set %s: \"%s\" is not a valid list of %s for %s; write e.g. %s=[8,-1,16,-1]",
             assignment, value, f->type_name(), path, path));
       }
+      r->SwapFields(msg, parsed.get(), {f});  // the parsed list replaces the old one
       return absl::OkStatus();
     }
     if (f->cpp_type() == pb::FieldDescriptor::CPPTYPE_STRING &&
