@@ -98,7 +98,13 @@ int main(int argc, char** argv) {
     if (world->rank() == 0) {
       std::printf("round %d: train loss %.4f, test accuracy %.4f\n", r + 1, st->train_loss,
                   ev->accuracy);
+      std::fflush(stdout);
     }
   }
+  // Finalise MPI on success: a rank that exits without it counts as failed, and mpirun stops
+  // the others, maybe before rank 0's last line is out. (On the error paths above, that is
+  // what we want: no rank waits for one that has gone.)
+  world.reset();
+  parallel::ShutdownCommunication();
   return 0;
 }

@@ -89,7 +89,10 @@ bool LaunchedUnderMpi();
 // and ends this process with exit code 3, which makes mpirun stop every rank (a stopped, hung or
 // dead rank no longer hangs the job). 0 turns it off (the default).
 void SetCollectiveTimeout(double seconds);
-// Finalises MPI if it was initialised (call once, at exit, after all communicators are gone).
+// Finalises MPI if it was initialised. Call it once at the end of a successful run, after all
+// communicators are gone: under mpirun, a rank that exits without it counts as failed and the
+// other ranks are killed, possibly before their last output is written. An error exit on one
+// rank should skip it (MPI_Finalize waits for every rank; mpirun's stop does not).
 void ShutdownCommunication();
 
 }  // namespace memtrain::parallel
