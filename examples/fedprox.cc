@@ -10,6 +10,7 @@
 #include <cstring>
 #include <string>
 
+#include "core/threads.h"
 #include "federated/fashion_mnist.h"
 #include "federated/fedavg.h"
 #include "federated/partition.h"
@@ -61,6 +62,7 @@ int main(int argc, char** argv) {
     else if (f == "--train_limit")
       limit = std::atoll(v);
   }
+  core::InitThreads();  // the rank's share of the cores (MEMTRAIN_THREADS overrides)
   auto data = federated::FashionMnist::Load();
   if (!data.ok()) {
     std::fprintf(stderr, "fedprox: %s\n", std::string(data.status().message()).c_str());

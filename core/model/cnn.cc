@@ -286,10 +286,10 @@ absl::Status Cnn::ForwardStage(int stage, const Batch& batch, Pass pass, int lan
   const ParamBlock& blk = blocks_[stage];
   if (stage == static_cast<int>(layers_.size())) {  // the head
     const int K = config_.num_classes;
-    Backend& be = BackendFor(ctx.device);
-    be.MatmulForward(ctx, logits_.f32(), nullptr, StageOutput(stage - 1),
-                     blk.params().f32() + blk.view("w").offset,
-                     blk.params().f32() + blk.view("b").offset, B, features_, K);
+    // Tiles fixed by the shapes: the logits are the same bits on any thread count.
+    cpu::MatmulForwardFixed(logits_.f32(), StageOutput(stage - 1),
+                            blk.params().f32() + blk.view("w").offset,
+                            blk.params().f32() + blk.view("b").offset, B, features_, K);
     valid_ = 0;
     if (batch.targets != nullptr) {
       std::memcpy(labels_.raw(), batch.targets, B * sizeof(int32_t));
@@ -351,9 +351,8 @@ absl::Status Cnn::BackwardStage(int stage, const Batch& batch, float loss_scale,
     const float dloss = valid_ > 0 ? loss_scale / static_cast<float>(valid_) : 0.0f;
     cpu::CrossEntropyBackward(logits_.f32(), logits_.f32(), lse_.f32(), labels_.i32(), dloss, B, K,
                               K);
-    BackendFor(ctx.device)
-        .MatmulBackward(ctx, dx_[(L - 1) & 1].f32(), g + at("w"), g + at("b"), logits_.f32(),
-                        StageOutput(L - 1), p + at("w"), B, features_, K);
+    cpu::MatmulBackwardFixed(dx_[(L - 1) & 1].f32(), g + at("w"), g + at("b"), logits_.f32(),
+                             StageOutput(L - 1), p + at("w"), B, features_, K);
     return absl::OkStatus();
   }
   const Layer& l = layers_[stage];

@@ -4,6 +4,7 @@
 #include <vector>
 
 #include "core/kernels/cpu/ops.h"
+#include "core/threads.h"
 #include "tests/core/test_util.h"
 
 namespace memtrain::core::cpu {
@@ -72,6 +73,52 @@ TEST(MatmulTest, BackwardMatchesFiniteDifferences) {
   std::vector<float> dinp2(N * C, 1.0f);
   MatmulBackward(dinp2.data(), dw.data(), nullptr, R.data(), inp.data(), w.data(), N, C, OC, true);
   for (int i = 0; i < N * C; ++i) EXPECT_NEAR(dinp2[i], dinp[i] + 1.0f, 1e-5);
+}
+
+// The fixed-tile pair: the same products as the naive loops, and the same bits on 1 and 2
+// threads (ragged shapes: 3 row tiles of 32, 3 column tiles of 256).
+TEST(MatmulTest, FixedTilesMatchNaiveAndAreThreadCountFree) {
+  const int N = 70, C = 600, OC = 10;
+  auto inp = RandomFloats(N * C, 1), w = RandomFloats(OC * C, 2), b = RandomFloats(OC, 3);
+  auto R = RandomFloats(N * OC, 4);
+  std::vector<double> want_dinp(N * C, 0.0), want_dw(OC * C), want_db(OC);
+  for (int o = 0; o < OC; ++o) {
+    want_db[o] = -1.0;
+    for (int n = 0; n < N; ++n) want_db[o] += R[n * OC + o];
+    for (int c = 0; c < C; ++c) {
+      want_dw[o * C + c] = 0.25;
+      for (int n = 0; n < N; ++n) want_dw[o * C + c] += double(R[n * OC + o]) * inp[n * C + c];
+    }
+  }
+  for (int n = 0; n < N; ++n)
+    for (int c = 0; c < C; ++c)
+      for (int o = 0; o < OC; ++o) want_dinp[n * C + c] += double(R[n * OC + o]) * w[o * C + c];
+  const int saved = GetThreads();
+  std::vector<float> out[2], dinp[2], dw[2], db[2];
+  for (int t = 0; t < 2; ++t) {
+    SetThreads(t + 1);
+    out[t].assign(N * OC, 7.0f);
+    dinp[t].assign(N * C, 7.0f);  // written, not added
+    dw[t].assign(OC * C, 0.25f);
+    db[t].assign(OC, -1.0f);
+    MatmulForwardFixed(out[t].data(), inp.data(), w.data(), b.data(), N, C, OC);
+    MatmulBackwardFixed(dinp[t].data(), dw[t].data(), db[t].data(), R.data(), inp.data(), w.data(),
+                        N, C, OC);
+  }
+  SetThreads(saved);
+  EXPECT_TRUE(
+      AllClose(out[0], NaiveMatmul(ToDouble(inp), ToDouble(w), ToDouble(b), {}, N, C, OC), 1e-4));
+  EXPECT_TRUE(AllClose(dinp[0], want_dinp, 1e-4));
+  EXPECT_TRUE(AllClose(dw[0], want_dw, 1e-4));
+  EXPECT_TRUE(AllClose(db[0], want_db, 1e-4));
+  EXPECT_EQ(out[0], out[1]);
+  EXPECT_EQ(dinp[0], dinp[1]);
+  EXPECT_EQ(dw[0], dw[1]);
+  EXPECT_EQ(db[0], db[1]);
+  // Without bias the output is written, not seeded.
+  std::vector<float> nb(N * OC, 7.0f);
+  MatmulForwardFixed(nb.data(), inp.data(), w.data(), nullptr, N, C, OC);
+  EXPECT_TRUE(AllClose(nb, NaiveMatmul(ToDouble(inp), ToDouble(w), {}, {}, N, C, OC), 1e-4));
 }
 
 // ---- LayerNorm

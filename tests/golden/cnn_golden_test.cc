@@ -11,6 +11,8 @@
 
 #include "core/engine.h"
 #include "core/model/cnn.h"
+#include "core/threads.h"
+#include "optim/sgd.h"
 #include "tests/core/test_util.h"
 
 namespace memtrain::core {
@@ -125,6 +127,43 @@ TEST(CnnModelTest, GradientsMatchFiniteDifferences) {
       }
     }
   }
+}
+
+// The thread count is the rank's share of the cores, so 1 rank on 2 cores and 2 ranks on 2 cores
+// compute with 2 and 1 threads: federated rounds are bit-identical across rank counts only if a
+// training step is bit-identical across thread counts. Sized like the examples (28x28, B = 32).
+TEST(CnnModelTest, TrainingStepsAreBitIdenticalOnOneAndTwoThreads) {
+  const int saved = GetThreads();
+  const CnnConfig config{.layers = {16, kPool, 32, kPool}};
+  constexpr int B = 32;
+  const std::vector<float> images = testing::RandomFloats(B * 28 * 28, 9);
+  std::vector<int32_t> labels(B);
+  for (int i = 0; i < B; ++i) labels[i] = (i * 7) % 10;
+  std::vector<std::vector<float>> params[2];
+  float losses[2][3];
+  for (int t = 0; t < 2; ++t) {
+    SetThreads(t + 1);
+    auto model = Cnn::Create(config).value();
+    model->InitWeights(3);
+    ASSERT_TRUE(model->Prepare({.B = B, .T = 1, .mode = ModelMode::kTrain}).ok());
+    auto opt = optim::Sgd::Create(model.get(), {.lr = 0.05f, .momentum = 0.9f}).value();
+    Engine engine(model.get());
+    const Batch batch{.targets = labels.data(), .B = B, .T = 1, .images = images.data()};
+    for (int step = 0; step < 3; ++step) {
+      ASSERT_TRUE(engine.Forward(batch).ok());
+      losses[t][step] = engine.Loss();
+      ASSERT_TRUE(engine.Backward(batch).ok());
+      opt->Step();
+    }
+    for (int s = 0; s < model->num_stages(); ++s) {
+      const ParamBlock& b = model->block(s);
+      params[t].emplace_back(b.params().f32(), b.params().f32() + b.numel());
+    }
+  }
+  SetThreads(saved);
+  for (int step = 0; step < 3; ++step) EXPECT_EQ(losses[0][step], losses[1][step]) << step;
+  ASSERT_EQ(params[0].size(), params[1].size());
+  for (size_t s = 0; s < params[0].size(); ++s) EXPECT_EQ(params[0][s], params[1][s]) << s;
 }
 
 TEST(CnnModelTest, BadConfigAndBatchesAreRefused) {

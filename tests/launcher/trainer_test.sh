@@ -707,11 +707,14 @@ federated)
     exit 77
   fi
   FED="$W/fed.pbtxt"
+  # One rank computes with 2 threads, each of two ranks with 1 (as their share of 2 cores would
+  # be): the -np 2 comparisons below also hold the model to the same bits on any thread count.
+  TWO_THREADS="env MEMTRAIN_THREADS=2"
   cat > "$FED" <<'EOF'
 model { cnn { layers: [8, -1, 16, -1] } }
 train { steps: 3 }
 optimizer { sgd { lr: 0.05 momentum: 0.9 } }
-federated { num_clients: 20 clients_per_round: 4 batch_size: 32 }
+federated { num_clients: 20 clients_per_round: 4 batch_size: 64 }
 EOF
   run() {  # run NAME [mpirun -np N] TRAINER ARGS...
     local name=$1; shift
@@ -733,7 +736,7 @@ EOF
   if [ -x /usr/bin/time ]; then
     /usr/bin/time -f %M -o "$W/base.rss" $TRAINER --help >/dev/null 2>&1
     base=$(tail -1 "$W/base.rss")
-    run one /usr/bin/time -f %M -o "$W/one.rss" $TRAINER "$FED"
+    run one $TWO_THREADS /usr/bin/time -f %M -o "$W/one.rss" $TRAINER "$FED"
     rss=$(tail -1 "$W/one.rss")
     awk -v r="$rss" -v b="$base" -v e="$est" \
       'BEGIN { exit !((r - b) / 1024 <= e + 32 && r / 1024 >= e - 64) }' \
@@ -741,7 +744,7 @@ EOF
               "[-64, +32] MiB of the estimate $est MiB"
     echo "federated: peak RSS $((rss / 1024)) MiB less $((base / 1024)) MiB, estimate $est MiB"
   else
-    run one $TRAINER "$FED"
+    run one $TWO_THREADS $TRAINER "$FED"
   fi
   [ "$(rounds "$W/one.jsonl" | wc -l)" = 3 ] || fail "federated: not 3 rounds: $(cat "$W/one.jsonl")"
   acc=$(grep -o '"test_accuracy": [0-9.]*' "$W/one.jsonl" | cut -d' ' -f2 | tr '\n' ' ')
@@ -762,7 +765,7 @@ EOF
   T=(--set federated.pruning.method=FEDTINY --set federated.pruning.density=0.3
      --set federated.pruning.candidates=2 --set federated.pruning.bn_batches=2
      --set federated.pruning.adjust_rounds=3 --set federated.eval_every=0)
-  run tiny $TRAINER "$FED" "${T[@]}"
+  run tiny $TWO_THREADS $TRAINER "$FED" "${T[@]}"
   grep -q '"event": "pruning", "step": 0, "chosen_candidate": [01]' "$W/tiny.jsonl" \
     || fail "federated: no pruning line: $(head -3 "$W/tiny.jsonl")"
   grep '"step": 3,' "$W/tiny.jsonl" | grep -q '"density": 0.[23]' || fail "federated: density"
@@ -776,6 +779,13 @@ EOF
       || fail "federated: resumed $f.safetensors differs from the uninterrupted run"
   done
   diff <(rounds "$W/tiny.jsonl") <(rounds "$W/split.jsonl") || fail "federated: resumed metrics differ"
+  # FedTiny on two ranks (the gradient top-K heaps and BN statistics gathered over ranks): the
+  # same masks and model as one.
+  run tiny2 $MPIRUN -np 2 "$TRAINER" "$FED" "${T[@]}" --set parallel.data=2
+  for f in model masks; do
+    cmp -s "$W/tiny/step_00000003/$f.safetensors" "$W/tiny2/step_00000003/$f.safetensors" \
+      || fail "federated: FedTiny on -np 2: $f.safetensors differs from -np 1"
+  done
   out=$($TRAINER "$FED" "${T[@]}" --quiet --set checkpoint.dir="$W/split" --resume \
         --set train.steps=4 --set federated.seed=2 2>&1)
   [ $? = 2 ] && echo "$out" | grep -q "federated.seed = 2 but checkpoint" \

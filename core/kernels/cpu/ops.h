@@ -25,6 +25,15 @@ void MatmulForward(float* out, const float* residual, const float* inp, const fl
 void MatmulBackward(float* dinp, float* dweight, float* dbias, const float* dout, const float* inp,
                     const float* weight, int64_t N, int64_t C, int64_t OC,
                     bool accumulate_dinp = false);
+// The same two, with the same bits on any thread count: OpenBLAS's sgemm rounds differently
+// with the number of threads and with how a product is cut, so these cut it into fixed tiles
+// that depend on the shapes only (rows of out and dinp, columns of dweight) and run each tile
+// single-threaded, the tiles in parallel. For small layers whose result must not depend on the
+// rank's share of the cores (the CNN's head: federated rounds equal on 1 and N ranks).
+void MatmulForwardFixed(float* out, const float* inp, const float* weight, const float* bias,
+                        int64_t N, int64_t C, int64_t OC);
+void MatmulBackwardFixed(float* dinp, float* dweight, float* dbias, const float* dout,
+                         const float* inp, const float* weight, int64_t N, int64_t C, int64_t OC);
 
 // ---- LayerNorm (eps 1e-5) ---------------------------------------------------------------------
 // out (N, C); mean, rstd (N) saved for backward; inp (N, C); weight, bias (C).
