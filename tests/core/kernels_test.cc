@@ -76,9 +76,11 @@ TEST(MatmulTest, BackwardMatchesFiniteDifferences) {
 }
 
 // The fixed-tile pair: the same products as the naive loops, and the same bits on 1 and 2
-// threads (ragged shapes: 3 row tiles of 32, 3 column tiles of 256).
+// threads. Ragged shapes (4 row tiles, the last of 4 rows; 7 column tiles, the last of 64), each
+// tile above OpenBLAS's threshold for threading (about 262k multiply-adds), so a tile that
+// OpenBLAS threaded would show here too.
 TEST(MatmulTest, FixedTilesMatchNaiveAndAreThreadCountFree) {
-  const int N = 70, C = 600, OC = 10;
+  const int N = 100, C = 1600, OC = 12;
   auto inp = RandomFloats(N * C, 1), w = RandomFloats(OC * C, 2), b = RandomFloats(OC, 3);
   auto R = RandomFloats(N * OC, 4);
   std::vector<double> want_dinp(N * C, 0.0), want_dw(OC * C), want_db(OC);

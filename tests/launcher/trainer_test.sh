@@ -771,9 +771,9 @@ EOF
   grep '"step": 3,' "$W/tiny.jsonl" | grep -q '"density": 0.[23]' || fail "federated: density"
   grep '"step": 1,' "$W/tiny.jsonl" | grep -q '"prune_bytes_up": [1-9]' \
     || fail "federated: no FedTiny messages in round 1"
-  run split $TRAINER "$FED" "${T[@]}" --stop_after 2
+  run split $TWO_THREADS $TRAINER "$FED" "${T[@]}" --stop_after 2
   [ "$(cat "$W/split/latest")" = step_00000002 ] || fail "federated: --stop_after 2 saved no round 2"
-  run split $TRAINER "$FED" "${T[@]}" --resume
+  run split $TWO_THREADS $TRAINER "$FED" "${T[@]}" --resume
   for f in model masks; do
     cmp -s "$W/tiny/step_00000003/$f.safetensors" "$W/split/step_00000003/$f.safetensors" \
       || fail "federated: resumed $f.safetensors differs from the uninterrupted run"
