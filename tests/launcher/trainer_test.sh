@@ -710,6 +710,8 @@ federated)
   # One rank computes with 2 threads, each of two ranks with 1 (as their share of 2 cores would
   # be): the -np 2 comparisons below also hold the model to the same bits on any thread count.
   TWO_THREADS="env MEMTRAIN_THREADS=2"
+  # Batch 64: the head's product (64 x 10 x 784) is above OpenBLAS's threshold for threading, so
+  # a head computed with one plain sgemm would differ between the runs (checked: it fails then).
   cat > "$FED" <<'EOF'
 model { cnn { layers: [8, -1, 16, -1] } }
 train { steps: 3 }
